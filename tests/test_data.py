@@ -1,0 +1,267 @@
+"06_data：离线 Qwen2.5 分词器、语料读取、打包数据集与 DataLoader（全部离线）"
+import gzip, json, lzma, sys, unicodedata
+import numpy as np
+import pytest
+import torch
+
+import distill_edu.data as data
+from distill_edu.config import ModelConfig
+from distill_edu.data import (QWEN_SPECIAL_TOKENS, QWEN_TOKENIZER_SIZE, SPLITS, WikiDataset, create_dataloaders,
+                              load_corpus, load_tokenizer, strip_pos_tags, token_cache_dir)
+
+# 公开代码里用官方 AutoTokenizer 打印出来的 (文本, id)：
+PUBLISHED_QWEN_IDS = [
+    # yanfeng98/fork-llama-factory test/tokenizer.py（Qwen2.5-Coder-0.5B-Instruct，add_special_tokens=False）
+    ("how are you!", [5158, 525, 498, 0]),
+    ("I'm fine!", [40, 2776, 6915, 0]),
+    # 一个公开的 Qwen2.5-0.5B-Instruct 解码脚本（token_ids=[4340, 525, 498, 30] → "How are you?"）
+    ("How are you?", [4340, 525, 498, 30]),
+    # Homqyy/study-llm 7天入门LLM学习/day-4-llm_train/py-tokenizer.py（Qwen-1_8B-Chat：Qwen2/2.5 沿用同一张 BPE 表）
+    ("杭州是个好地方", [104130, 104104, 52801, 100371]),
+    # 公开的 LLaMA-Factory 数据处理笔记：Qwen2.5 对话模板（特殊 token + 英文 + 标点吸收换行 `.\n` = 624）
+    ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nIdentify the types of technology "
+     "used in this passage.\nDesign thinking is a human-centered approach to innovation that draws from the designer's "
+     "toolkit to integrate the needs of people, the possibilities of technology, and the requirements for success."
+     "<|im_end|>\n<|im_start|>assistant\n",
+     [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 28301, 1437, 279, 4494, 315,
+      5440, 1483, 304, 419, 21085, 624, 20470, 7274, 374, 264, 3738, 49382, 5486, 311, 18770, 429, 26643, 504, 279,
+      14692, 594, 65894, 311, 31072, 279, 3880, 315, 1251, 11, 279, 23607, 315, 5440, 11, 323, 279, 8502, 369, 2393,
+      13, 151645, 198, 151644, 77091, 198]),
+    # 同一个 Qwen2.5-0.5B-Instruct 解码脚本里 GSM8K 提示的一段（弯引号、数字逐位切分）
+    ("Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning",
+     [18315, 295, 748, 77778, 10962, 220, 16, 21, 18805, 817, 1899, 13, 2932, 49677, 2326, 369, 17496, 1449, 6556]),
+]
+
+MIXED = ["Hello world", "你好，世界！Qwen2.5 的分词器", "  两个空格  和\t制表符\n\n\n三个换行\r\n回车",
+         "emoji 😀👍🏽🇨🇳 ❤️", "数字 1234567890 和 ３．１４", "e\u0301 café Ａｌｐｈａ", "def f(x):\n    return x ** 2\n",
+         "<|im_start|>user\n你好<|im_end|>\n<tool_call>{}</tool_call><|endoftext|>"]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("distill_edu_cache")
+
+
+@pytest.fixture(scope="session")
+def tok(cache):
+    "每个测试会话只离线构建一次（几秒）"
+    return load_tokenizer(offline=True, cache_dir=cache)
+
+
+def test_tokenizer_size_and_special_ids(tok):
+    assert len(tok) == QWEN_TOKENIZER_SIZE == 151665
+    assert tok.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)) == list(range(151643, 151665))
+    # 与官方 tokenizer_config.json 一致：前 14 个是控制符（special=True），<tool_call> 起的 8 个 special=False
+    flags = {i: t.special for i, t in tok.added_tokens_decoder.items()}
+    assert flags == {i: i < 151657 for i in range(151643, 151665)}
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>" and tok.pad_token_id == tok.eos_token_id == 151643
+    assert tok("你好")["input_ids"] == [108386]          # 不自动加 BOS/EOS
+
+
+@pytest.mark.parametrize("text, ids", PUBLISHED_QWEN_IDS)
+def test_matches_published_official_ids(tok, text, ids):
+    assert tok.encode(text) == ids
+    assert tok.decode(ids) == text
+
+
+@pytest.fixture(scope="session")
+def ranks():
+    return data.load_bpe_ranks(data.qwen_ranks_file())
+
+
+@pytest.fixture(scope="session")
+def ref(ranks):
+    "独立实现：tiktoken 直接按排名做 BPE（开发依赖）"
+    import tiktoken
+    return tiktoken.Encoding("ref", pat_str=data.QWEN_PRETOKENIZE_REGEX, mergeable_ranks=ranks,
+                             special_tokens={t: 151643 + i for i, t in enumerate(QWEN_SPECIAL_TOKENS)})
+
+
+@pytest.mark.parametrize("text", MIXED)
+def test_round_trip_and_tiktoken_agree(tok, ref, text):
+    ids = tok.encode(text)
+    assert ids == ref.encode(unicodedata.normalize("NFC", text), allowed_special="all")
+    assert tok.decode(ids) == unicodedata.normalize("NFC", text)
+
+
+def test_tiktoken_agrees_on_real_chinese_corpus(tok, ref):
+    docs = list(load_corpus("peoples_daily", max_samples=500))
+    ours = tok(docs, add_special_tokens=False)["input_ids"]
+    assert ours == ref.encode_ordinary_batch([unicodedata.normalize("NFC", d) for d in docs])
+    assert sum(map(len, docs)) / sum(map(len, ours)) > 1.2              # 中文约 1.4 字/token
+
+
+def test_skip_special_tokens_keeps_tool_call(tok):
+    ids = tok.encode("<|im_start|>a<|im_end|><tool_call>b</tool_call>")
+    assert tok.decode(ids, skip_special_tokens=True) == "a<tool_call>b</tool_call>"
+
+
+def test_merges_from_ranks_one_per_token(ranks):
+    merges = data.bpe_merges_from_ranks(ranks)
+    assert len(merges) == len(ranks) - 256 == 151387
+    assert all(ranks[a + b] == k + 256 for k, (a, b) in enumerate(merges[:2000]))
+    assert merges[:3] == [(b" ", b" "), (b"  ", b"  "), (b"i", b"n")]   # 官方 merges.txt 的前三行：Ġ Ġ / ĠĠ ĠĠ / i n
+
+
+def test_offline_cache_is_reused(tok, cache, monkeypatch):
+    assert (cache / "tokenizers" / data._TOKENIZER_CACHE_NAME / "tokenizer.json").is_file()
+    monkeypatch.setattr(data, "build_qwen_tokenizer", lambda *a, **k: pytest.fail("缓存存在时不应重新构建"))
+    again = load_tokenizer(offline=True, cache_dir=cache)
+    assert again.encode(MIXED[1]) == tok.encode(MIXED[1]) and len(again) == QWEN_TOKENIZER_SIZE
+    instruct = load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", offline=True, cache_dir=cache)
+    assert instruct.eos_token_id == 151645 and instruct.pad_token_id == 151643
+
+
+def test_local_directory_uses_auto_tokenizer(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    local = load_tokenizer(str(tmp_path))
+    assert local.encode(MIXED[3]) == tok.encode(MIXED[3]) and local.pad_token_id == 151643
+
+
+def test_hub_failure_falls_back_only_for_qwen(cache, monkeypatch):
+    import transformers
+    def unreachable(*a, **k): raise OSError("hub unreachable")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.warns(UserWarning, match="离线重建"):
+        t = load_tokenizer("Qwen/Qwen2.5-0.5B", cache_dir=cache)
+    assert len(t) == QWEN_TOKENIZER_SIZE
+    with pytest.raises(OSError): load_tokenizer("Qwen/Qwen2.5-0.5B", offline=False, cache_dir=cache)
+    with pytest.raises(OSError): load_tokenizer("gpt2", cache_dir=cache)
+
+
+def test_load_tokenizer_errors(cache):
+    with pytest.raises(ValueError, match="'gpt2'"): load_tokenizer("gpt2", offline=True, cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="no/such/dir"): load_tokenizer("./no/such/dir")
+
+
+def test_strip_pos_tags():
+    line = "19980101-01-001-001/m  迈向/v  充满/v  [中国/ns  政府/n]nt  １/m  张/q  Windows/nx  95/m  [新华社/nt]/nt"
+    assert strip_pos_tags(line) == "迈向充满中国政府１张Windows 95新华社"
+
+
+def test_peoples_daily_corpus():
+    docs = list(load_corpus("peoples_daily", max_samples=5))
+    assert len(docs) == 5 and docs[0].startswith("迈向充满希望的新世纪")
+    assert not any("/" in d or "  " in d for d in docs)
+
+
+def _write_corpus(d):
+    (d / "a.txt").write_text("一\n\n二\n", encoding="utf-8")
+    with gzip.open(d / "b.jsonl.gz", "wt", encoding="utf-8") as f: f.write('{"text": "三"}\n\n{"text": "四"}\n')
+    with lzma.open(d / "c.txt.xz", "wt", encoding="utf-8") as f: f.write("五\n")
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": ["六", "  ", "七"]}), d / "d.parquet")
+
+
+def test_load_corpus_local_formats(tmp_path):
+    _write_corpus(tmp_path)
+    assert list(load_corpus(str(tmp_path))) == ["一", "二", "三", "四", "五", "六", "七"]
+    assert list(load_corpus(str(tmp_path / "*.jsonl.gz"))) == ["三", "四"]
+    assert list(load_corpus(str(tmp_path / "d.parquet"))) == ["六", "七"]
+    assert list(load_corpus(str(tmp_path), max_samples=2)) == ["一", "二"]
+    assert list(load_corpus(str(tmp_path), max_bytes=6)) == ["一", "二"]       # 每个汉字 3 字节
+
+
+def test_load_corpus_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="missing.txt"): load_corpus(str(tmp_path / "missing.txt"))
+    with pytest.raises(FileNotFoundError, match="没有匹配"): load_corpus(str(tmp_path / "*.jsonl"))
+    with pytest.raises(ValueError, match="'wikipedai'"): load_corpus("wikipedai")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="x.csv"): load_corpus(str(tmp_path / "x.csv"))
+    (tmp_path / "y.jsonl").write_text('{"content": "无 text 字段"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="'text'"): list(load_corpus(str(tmp_path / "y.jsonl")))
+    with pytest.raises(ValueError, match="max_samples"): load_corpus("peoples_daily", max_samples=0)
+    monkeypatch.setitem(sys.modules, "opencc", None)                       # 模拟没有安装 OpenCC
+    with pytest.raises(ImportError, match="opencc"): load_corpus("peoples_daily", to_simplified=True)
+
+
+@pytest.fixture(scope="session")
+def pd_train(tok, cache):
+    return WikiDataset(tok, "train", seq_len=64, source="peoples_daily", max_samples=300, cache_dir=cache, verbose=False)
+
+
+def test_dataset_samples_and_labels(pd_train, tok):
+    ds = pd_train
+    assert len(ds) > 0
+    x = ds[0]
+    assert x["input_ids"].shape == x["labels"].shape == (64,)
+    assert x["input_ids"].dtype == x["labels"].dtype == torch.int64
+    assert torch.equal(x["labels"][:-1], x["input_ids"][1:])            # labels[t] = input_ids[t+1]
+    # 样本首尾相接、不丢 token：拼起来正好是 token 流的前 N·T+1 个
+    rebuilt = torch.cat([ds[i]["input_ids"] for i in range(len(ds))] + [ds[len(ds) - 1]["labels"][-1:]])
+    assert torch.equal(rebuilt, torch.from_numpy(ds.tokens[:len(ds) * 64 + 1].astype(np.int64)))
+    assert len(ds) == (ds.num_tokens - 1) // 64
+    first_doc = next(load_corpus("peoples_daily"))
+    n = len(tok.encode(first_doc))
+    assert ds.tokens[:n + 1].tolist() == tok.encode(first_doc) + [tok.eos_token_id]
+    assert torch.equal(ds[-1]["input_ids"], ds[len(ds) - 1]["input_ids"])
+    with pytest.raises(IndexError): ds[len(ds)]
+
+
+def test_split_is_by_document_and_deterministic(tok, tmp_path):
+    (tmp_path / "n.txt").write_text("".join(f"第{j}篇文档。\n" for j in range(50)), encoding="utf-8")
+    kw = dict(seq_len=4, source=str(tmp_path / "n.txt"), cache_dir=tmp_path / "c", verbose=False)
+    train, val = (WikiDataset(tok, s, **kw) for s in SPLITS)
+    eos = tok.eos_token_id
+    docs = lambda ds: [tok.decode(d[:-1]) for d in np.split(np.asarray(ds.tokens), np.flatnonzero(ds.tokens == eos) + 1) if len(d)]
+    assert docs(val) == [f"第{j}篇文档。" for j in range(9, 50, 10)]
+    assert docs(train) == [f"第{j}篇文档。" for j in range(50) if j % 10 != 9]
+    assert not set(docs(train)) & set(docs(val))
+
+
+def test_token_cache_is_reused(pd_train, tok, cache, monkeypatch):
+    monkeypatch.setattr(data, "_write_token_streams", lambda *a, **k: pytest.fail("缓存存在时不应重新分词"))
+    val = WikiDataset(tok, "validation", seq_len=32, source="peoples_daily", max_samples=300, cache_dir=cache,
+                      verbose=False)
+    assert val.cache_path == pd_train.cache_path and len(val) > 0
+    assert val.meta["tokens_per_second"] > 0 and val.meta["documents"] == 300
+    # 限额不同 → 缓存键不同
+    assert token_cache_dir(tok, "peoples_daily", 301, 50_000_000, 0.1, cache_dir=cache) != pd_train.cache_path
+
+
+def test_token_cache_invalidated_when_file_changes(tok, tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("甲乙丙丁\n" * 20, encoding="utf-8")
+    a = token_cache_dir(tok, str(f), None, None, 0.1, cache_dir=tmp_path)
+    f.write_text("甲乙丙丁戊\n" * 20, encoding="utf-8")
+    assert token_cache_dir(tok, str(f), None, None, 0.1, cache_dir=tmp_path) != a
+
+
+def test_dataloaders(tok, cache, pd_train):
+    train, val = create_dataloaders(tok, batch_size=4, seq_len=64, source="peoples_daily", max_samples=300,
+                                    cache_dir=cache, verbose=False)
+    batches = list(train)
+    assert len(batches) == len(pd_train) // 4
+    assert all(b["input_ids"].shape == b["labels"].shape == (4, 64) and b["input_ids"].dtype == torch.int64
+               for b in batches)
+    assert train.pin_memory == torch.cuda.is_available()
+    assert torch.equal(next(iter(val))["input_ids"], torch.stack([val.dataset[i]["input_ids"] for i in range(4)]))
+    seen = torch.cat([b["input_ids"][:, 0] for b in batches])
+    assert not torch.equal(seen, torch.stack([pd_train[i]["input_ids"][0] for i in range(len(seen))])), "训练集应打乱"
+
+
+def test_dataloader_worker_process(tok, cache, pd_train):
+    "数据集可以安全地送进 DataLoader 子进程（memmap 在 worker 里重新打开）"
+    train, _ = create_dataloaders(tok, batch_size=2, seq_len=64, source="peoples_daily", max_samples=300,
+                                  cache_dir=cache, num_workers=1, verbose=False)
+    b = next(iter(train))
+    assert b["input_ids"].shape == (2, 64)
+
+
+def test_bad_inputs(tok, tmp_path, cache):
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    (tmp_path / "short.txt").write_text("一句话。\n", encoding="utf-8")
+    kw = dict(cache_dir=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="语料为空"): WikiDataset(tok, source=str(tmp_path / "empty.txt"), **kw)
+    with pytest.raises(ValueError, match="seq_len\\+1=65"):
+        WikiDataset(tok, seq_len=64, source=str(tmp_path / "short.txt"), **kw)
+    with pytest.raises(FileNotFoundError, match="nope.txt"): WikiDataset(tok, source=str(tmp_path / "nope.txt"), **kw)
+    with pytest.raises(ValueError, match="'nosuchsource'"): WikiDataset(tok, source="nosuchsource", **kw)
+    with pytest.raises(ValueError, match="seq_len=1024"): WikiDataset(tok, seq_len=1024, model_config=ModelConfig())
+    with pytest.raises(ValueError, match="vocab_size=32000"):
+        WikiDataset(tok, seq_len=8, model_config=ModelConfig(vocab_size=32000))
+    with pytest.raises(ValueError, match="'test'"): WikiDataset(tok, split="test")
+    with pytest.raises(ValueError, match="seq_len"): WikiDataset(tok, seq_len=0)
+    with pytest.raises(ValueError, match="batch_size=100000"):
+        create_dataloaders(tok, batch_size=100_000, seq_len=64, source="peoples_daily", max_samples=300,
+                           cache_dir=cache, verbose=False)
