@@ -118,9 +118,34 @@ def test_local_directory_uses_auto_tokenizer(tok, tmp_path):
     assert local.encode(MIXED[3]) == tok.encode(MIXED[3]) and local.pad_token_id == 151643
 
 
+def test_unreachable_hub_skips_download(cache, monkeypatch):
+    import transformers
+    monkeypatch.setattr(data, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("不应访问 Hub"))
+    with pytest.warns(UserWarning, match="离线重建"):
+        assert len(load_tokenizer("Qwen/Qwen2.5-0.5B", cache_dir=cache)) == QWEN_TOKENIZER_SIZE
+
+
+def test_hub_reachable_probes_endpoint(monkeypatch):
+    "探测的是 HF_ENDPOINT 指向的地址（用本机回环端口模拟一个镜像），并尊重 HF_HUB_OFFLINE"
+    import socket
+    from huggingface_hub import constants
+    server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+    port = server.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert data.hub_reachable(timeout=1.0) is True
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert data.hub_reachable(timeout=1.0) is False
+    server.close()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert data.hub_reachable(timeout=1.0) is False
+
+
 def test_hub_failure_falls_back_only_for_qwen(cache, monkeypatch):
     import transformers
     def unreachable(*a, **k): raise OSError("hub unreachable")
+    monkeypatch.setattr(data, "hub_reachable", lambda *a, **k: True)   # 探测成功，但真正加载时失败
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
     with pytest.warns(UserWarning, match="离线重建"):
         t = load_tokenizer("Qwen/Qwen2.5-0.5B", cache_dir=cache)
