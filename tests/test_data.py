@@ -234,6 +234,15 @@ def test_split_is_by_document_and_deterministic(tok, tmp_path):
     assert not set(docs(train)) & set(docs(val))
 
 
+def test_documents_separated_by_endoftext_even_for_instruct(cache, tmp_path):
+    instruct = load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", offline=True, cache_dir=cache)
+    assert instruct.eos_token_id == 151645 and data.document_separator(instruct) == 151643
+    (tmp_path / "d.txt").write_text("甲。\n乙。\n", encoding="utf-8")
+    ds = WikiDataset(instruct, seq_len=2, source=str(tmp_path / "d.txt"), val_fraction=0.01, cache_dir=tmp_path,
+                     verbose=False)
+    assert ds.tokens.tolist() == instruct.encode("甲。") + [151643] + instruct.encode("乙。") + [151643]
+
+
 def test_token_cache_is_reused(pd_train, tok, cache, monkeypatch):
     monkeypatch.setattr(data, "_write_token_streams", lambda *a, **k: pytest.fail("缓存存在时不应重新分词"))
     val = WikiDataset(tok, "validation", seq_len=32, source="peoples_daily", max_samples=300, cache_dir=cache,
