@@ -200,6 +200,45 @@ def test_load_corpus_errors(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="opencc"): load_corpus("peoples_daily", to_simplified=True)
 
 
+def test_wikipedia_source_streams_with_limits(monkeypatch):
+    "维基来源走 datasets 的流式接口（这里用假的 load_dataset 代替网络），并在 max_bytes 处停止读取"
+    import datasets
+    calls, pulled = [], []
+    def fake_rows():
+        for i in range(1000):
+            pulled.append(i)
+            yield {"text": f"  條目{i}  ", "title": str(i)}
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs)); return fake_rows()
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    docs = list(load_corpus("wikipedia", max_bytes=14))
+    assert calls == [(("wikimedia/wikipedia", "20231101.zh"), {"split": "train", "streaming": True})]
+    assert docs == ["條目0", "條目1"] and len(pulled) == 2                # 每篇 7 字节：第二篇累计到 14 就停，不再多读
+    def offline(*a, **k): raise OSError("no network")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="peoples_daily"): load_corpus("wikipedia")
+
+
+def test_modelscope_and_simplified_wiring(monkeypatch):
+    "ModelScope 来源与繁转简只在需要时导入可选依赖；这里用假的模块检查参数是否传对"
+    import types
+    seen = {}
+    class MsDataset:
+        @staticmethod
+        def load(name, subset_name=None, split=None, use_streaming=False):
+            seen.update(name=name, subset=subset_name, split=split, streaming=use_streaming)
+            return [{"text": "維基百科"}, {"text": "漢字"}]
+    ms = types.ModuleType("modelscope.msdatasets"); ms.MsDataset = MsDataset
+    monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
+    monkeypatch.setitem(sys.modules, "modelscope.msdatasets", ms)
+    cc = types.ModuleType("opencc")
+    cc.OpenCC = lambda config: types.SimpleNamespace(convert=lambda t: t.replace("維基", "维基").replace("漢", "汉"))
+    monkeypatch.setitem(sys.modules, "opencc", cc)
+    docs = list(load_corpus("modelscope:someone/zhwiki", subset="zh", to_simplified=True))
+    assert seen == {"name": "someone/zhwiki", "subset": "zh", "split": "train", "streaming": True}
+    assert docs == ["维基百科", "汉字"]
+
+
 @pytest.fixture(scope="session")
 def pd_train(tok, cache):
     return WikiDataset(tok, "train", seq_len=64, source="peoples_daily", max_samples=300, cache_dir=cache, verbose=False)
