@@ -1,0 +1,41 @@
+"bench/ 下各脚本共用的小工具：机器信息、实测 bf16 矩阵乘峰值、写 JSON"
+import json, os, platform, subprocess, time
+from datetime import datetime, timezone
+import torch
+
+
+def git_commit() -> str:
+    "当前提交；设备机器上没有 .git 时由环境变量 BENCH_COMMIT 传入"
+    if os.environ.get("BENCH_COMMIT"): return os.environ["BENCH_COMMIT"]
+    try: return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception: return "unknown"
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} 核)"
+
+
+def measured_matmul_peak(device, n: int = 8192, dtype=torch.bfloat16, reps: int = 10) -> float:
+    "实测 n×n×n 矩阵乘的 FLOP/s（随机数据，预热 3 次后取 reps 次的中位数）"
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3): a @ b
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize(device); t = time.perf_counter(); a @ b; torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / sorted(times)[len(times) // 2]
+
+
+def write_json(path, payload: dict):
+    payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(), **payload}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f: json.dump(payload, f, ensure_ascii=False, indent=2)
+    return payload
+
+
+def print_table(rows: list[dict], cols: list[str]):
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows: print(" | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
