@@ -1,5 +1,5 @@
 "06_data：离线 Qwen2.5 分词器、语料读取、打包数据集与 DataLoader（全部离线）"
-import gzip, json, lzma, sys, unicodedata
+import gzip, lzma, sys, unicodedata
 import numpy as np
 import pytest
 import torch
