@@ -1,0 +1,337 @@
+"测试 distill_edu.generate：采样函数、KV 缓存、TextGenerator、load_trained_model"
+import math
+
+import pytest
+import torch
+
+from distill_edu.config import ModelConfig, TrainingConfig
+from distill_edu.data import load_tokenizer
+from distill_edu.generate import (STRATEGIES, KVCache, TextGenerator, apply_temperature, check_sampling_args,
+                                  decode_steps, left_pad, load_trained_model, sample_next_token, top_k_filter,
+                                  top_p_filter)
+from distill_edu.model import StudentModel, to_hf_qwen2
+
+
+# —— 夹具 ——
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(offline=True)
+
+
+def small_config(vocab_size, **kw):
+    return ModelConfig(**{**dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                                 vocab_size=vocab_size, max_seq_len=96), **kw})
+
+
+@pytest.fixture(scope="module")
+def student(tok):
+    torch.manual_seed(0)
+    return StudentModel(small_config(len(tok))).eval()
+
+
+@pytest.fixture(scope="module")
+def gen(student, tok):
+    return TextGenerator(student, tok)
+
+
+def chain_student(tok, chain: list[int], strength: float = 5.0) -> StudentModel:
+    """手工写权重的 StudentModel：当前 token 为 chain[i] 时，下一个 token 的 logit 在 chain[i+1] 处为 strength，
+    其余为 0（注意力与 FFN 的输出投影置零，隐藏向量只取决于当前 token）。用来确定性地产出给定的 token 序列。"""
+    cfg = small_config(len(tok), hidden_size=128, tie_word_embeddings=False)
+    distinct = sorted(set(chain))
+    assert len(distinct) <= cfg.hidden_size
+    col = {t: i for i, t in enumerate(distinct)}
+    model = StudentModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters(): p.zero_()
+        for norm in [model.final_norm] + [m for l in model.layers for m in (l.attn_norm, l.ffn_norm)]:
+            norm.weight.fill_(1.0)
+        model.embedding.weight[distinct, torch.arange(len(distinct))] = 1.0
+        for prev, nxt in zip(chain, chain[1:]):
+            model.lm_head.weight[nxt, col[prev]] = strength / cfg.hidden_size ** 0.5
+    return model.eval()
+
+
+# —— 采样函数 ——
+def top_p_by_loop(probs, p):
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        kept.add(i); mass += probs[i]
+        if mass >= p: break
+    return kept
+
+
+def test_top_p_keeps_smallest_set_whose_mass_reaches_p():
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for trial in range(300):
+        logits = torch.randn(40, generator=g) * (trial % 6 + 0.3)
+        p = [0.05, 0.3, 0.5, 0.8, 0.9, 0.99][trial % 6]
+        probs = torch.softmax(logits.double(), -1)
+        sorted_p = probs.sort(descending=True).values
+        if (sorted_p.cumsum(-1) - p).abs().min() < 1e-5: continue   # 恰好落在边界上的情形由浮点决定，跳过
+        kept = torch.isfinite(top_p_filter(logits, p)).nonzero().flatten().tolist()
+        assert set(kept) == top_p_by_loop(probs.tolist(), p), (trial, p)
+        mass = probs[kept].sum().item()
+        assert mass >= p                                              # 达到 p
+        assert mass - probs[kept].min().item() < p                    # 去掉最小的一个就不够：最小
+        assert probs[kept].min() >= probs[[i for i in range(40) if i not in kept]].max()   # 是概率最大的那些
+        checked += 1
+    assert checked > 250
+
+
+def test_top_p_always_keeps_at_least_one_and_p_one_keeps_all():
+    peaked = torch.tensor([[20.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.isfinite(top_p_filter(peaked, 0.5)).sum(-1).tolist() == [1, 2]
+    assert torch.isfinite(top_p_filter(peaked, 1e-9)).sum(-1).tolist() == [1, 1]
+    assert torch.isfinite(top_p_filter(torch.randn(3, 50), 1.0)).all()
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.randn(5, 100)
+    kept = torch.isfinite(top_k_filter(logits, 7))
+    assert (kept.sum(-1) == 7).all()
+    assert (kept == (logits >= logits.topk(7).values[:, -1:])).all()
+    assert torch.equal(top_k_filter(logits, 7)[kept], logits[kept])
+    assert torch.isfinite(top_k_filter(logits, 1000)).all()           # k > V：全部保留
+
+
+def test_temperature_keeps_order_and_changes_sharpness():
+    logits = torch.randn(4, 50)
+    entropy = lambda t: -(torch.softmax(apply_temperature(logits, t), -1) *
+                          torch.log_softmax(apply_temperature(logits, t), -1)).sum(-1)
+    assert (apply_temperature(logits, 0.3).argsort() == logits.argsort()).all()
+    assert (entropy(0.5) < entropy(1.0)).all() and (entropy(1.0) < entropy(2.0)).all()
+    assert (entropy(100.0) > math.log(50) - 0.01).all()               # τ → ∞：趋于均匀
+
+
+def test_sample_next_token():
+    logits = torch.randn(6, 30)
+    assert torch.equal(sample_next_token(logits, "greedy"), logits.argmax(-1))
+    draw = lambda seed, **kw: sample_next_token(logits, generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(draw(3, strategy="top_p"), draw(3, strategy="top_p"))
+    top3 = logits.topk(3).indices
+    for seed in range(30):                                             # top-k 只会抽到最大的 k 个
+        tokens = draw(seed, strategy="top_k", top_k=3, temperature=2.0)
+        assert (top3 == tokens[:, None]).any(-1).all()
+    assert sample_next_token(logits, "top_k").dtype == torch.int64
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(strategy="beam"), "'beam'"), (dict(temperature=0), "greedy"), (dict(temperature=-0.5), "-0.5"),
+    (dict(top_k=0), "top_k"), (dict(top_k=2.5), "2.5"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.01), "1.01")])
+def test_bad_sampling_args(kwargs, match):
+    with pytest.raises(ValueError, match=match): check_sampling_args(**kwargs)
+
+
+# —— KV 缓存 ——
+def test_kv_cache_update_advance_reset():
+    cache = KVCache(num_layers=2, batch_size=1, num_kv_heads=2, max_seq_len=6, head_dim=4)
+    k = torch.randn(1, 2, 4, 4)
+    for layer in range(2):
+        k_all, v_all = cache.update(layer, k, 2 * k)
+        assert torch.equal(k_all, k) and torch.equal(v_all, 2 * k)
+    assert cache.seq_len == 0                                          # update 不前进
+    cache.advance(4)
+    k_new = torch.randn(1, 2, 1, 4)
+    k_all, _ = cache.update(0, k_new, k_new)
+    assert k_all.shape == (1, 2, 5, 4) and torch.equal(k_all[:, :, :4], k) and torch.equal(k_all[:, :, 4:], k_new)
+    cache.advance(1)
+    with pytest.raises(ValueError, match="max_seq_len=6"): cache.update(0, torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4))
+    with pytest.raises(ValueError, match="advance"): cache.advance(2)
+    with pytest.raises(ValueError, match="layer_idx=2"): cache.update(2, k_new, k_new)
+    with pytest.raises(ValueError, match="B=1"): cache.update(0, torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4))
+    with pytest.raises(ValueError, match="max_seq_len"): KVCache(2, 1, 2, 0, 4)
+    cache.reset()
+    assert cache.seq_len == 0 and cache.update(1, k, k)[0].shape[2] == 4
+
+
+def test_kv_cache_for_model_follows_model_dtype_and_config():
+    model = StudentModel(small_config(300, num_layers=3)).double()
+    cache = KVCache.for_model(model, batch_size=3, max_seq_len=10)
+    assert cache.keys[0].shape == (3, 2, 10, 16) and cache.keys[0].dtype == torch.float64
+    assert len(cache.keys) == len(cache.values) == 3
+    assert KVCache.for_model(model, batch_size=1).max_seq_len == model.config.max_seq_len
+
+
+def test_cached_logits_equal_uncached_at_every_step(student):
+    torch.manual_seed(1)
+    seq = torch.randint(0, student.config.vocab_size, (3, 20))
+    mask = torch.ones_like(seq)
+    mask[0, :4] = 0; mask[1, :9] = 0                                   # 左填充的批量
+    P = 10
+    with torch.no_grad():
+        full = student(seq, attention_mask=mask)
+        cache = KVCache.for_model(student, batch_size=3)
+        steps = [student(seq[:, :P], attention_mask=mask[:, :P], kv_cache=cache)[:, -1]]
+        for t in range(P, seq.shape[1]):
+            steps.append(student(seq[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=cache)[:, -1])
+    assert cache.seq_len == seq.shape[1]
+    for i, logits in enumerate(steps):
+        torch.testing.assert_close(logits, full[:, P - 1 + i], rtol=1e-4, atol=1e-5)
+
+
+def test_model_refuses_to_decode_past_cache_capacity(student):
+    cache = KVCache.for_model(student, batch_size=1, max_seq_len=5)
+    with torch.no_grad():
+        student(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="max_seq_len=5"):
+            student(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
+# —— TextGenerator ——
+def test_generator_puts_model_in_eval_mode(tok):
+    model = StudentModel(small_config(len(tok))).train()
+    assert not TextGenerator(model, tok).model.training
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_gives_nonempty_text_within_length_bound(gen, strategy):
+    prompt = "知识蒸馏"
+    n_prompt = len(gen.encode(prompt))
+    ids = gen.generate_ids([prompt], max_new_tokens=6, strategy=strategy, seed=0)[0]
+    text = gen.generate(prompt, max_new_tokens=6, strategy=strategy, seed=0)
+    assert isinstance(text, str) and text.startswith(prompt) and len(text) > len(prompt)
+    assert n_prompt < len(ids) <= n_prompt + 6
+    assert text == gen.decode(ids)
+
+
+def test_greedy_equals_hf_generate(gen, student):
+    hf = to_hf_qwen2(student)
+    prompts = ["床前明月光，", "知识蒸馏是一种把大模型的能力迁移到小模型的方法。"]
+    ours = gen.generate_ids(prompts, max_new_tokens=10)
+    ids, mask = left_pad([gen.encode(p) for p in prompts], gen.pad_id)
+    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                         eos_token_id=sorted(gen.eos_ids), pad_token_id=gen.pad_id)[:, ids.shape[1]:]
+    assert [o[len(gen.encode(p)):] for o, p in zip(ours, prompts)] == theirs.tolist()
+
+
+def test_batched_left_padding_equals_one_by_one(gen):
+    prompts = ["春", "床前明月光，疑是地上霜。", "知识蒸馏"]
+    assert gen.generate(prompts, max_new_tokens=8) == [gen.generate(p, max_new_tokens=8) for p in prompts]
+
+
+def test_uncached_generation_equals_cached(gen):
+    assert gen.generate("床前明月光，", 8, use_cache=False) == gen.generate("床前明月光，", 8)
+
+
+def test_seeded_sampling_is_reproducible(gen):
+    run = lambda seed: gen.generate("春眠不觉晓，", 10, strategy="top_p", top_p=0.95, seed=seed)
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_temperature_changes_the_output(gen, tok):
+    low = gen.generate("春眠不觉晓，", 10, strategy="top_k", temperature=0.1, seed=0)
+    high = gen.generate("春眠不觉晓，", 10, strategy="top_k", temperature=1.5, seed=0)
+    assert low != high
+    chain = tok.encode("白日依山尽，黄河入海流。", add_special_tokens=False)
+    g = TextGenerator(chain_student(tok, chain), tok)
+    prompt = tok.decode(chain[:2])
+    greedy = g.generate(prompt, 8)
+    assert greedy == tok.decode(chain[:10])
+    assert g.generate(prompt, 8, strategy="top_p", temperature=0.1, seed=0) == greedy     # 低温 ≈ 贪心
+    assert g.generate(prompt, 8, strategy="top_p", temperature=1.5, seed=0) != greedy     # 高温：长尾被抬起
+
+
+def test_stops_at_eos_tokens(tok):
+    for eos in ("<|endoftext|>", "<|im_end|>"):
+        chain = tok.encode("你好世界", add_special_tokens=False) + [tok.convert_tokens_to_ids(eos)]
+        g = TextGenerator(chain_student(tok, chain), tok)
+        ids = g.generate_ids([tok.decode(chain[:1])], max_new_tokens=20)[0]
+        assert ids == chain[:-1], eos
+
+
+def test_stream_joins_to_the_same_text(gen):
+    kw = dict(max_new_tokens=12, strategy="top_p", temperature=1.2, seed=5)
+    pieces = list(gen.generate("床前明月光，", stream=True, **kw))
+    assert pieces[0] == "床前明月光，" and len(pieces) > 2
+    assert "".join(pieces) == gen.generate("床前明月光，", **kw)
+
+
+def test_stream_never_emits_half_a_character(tok):
+    text = "鱻龘𠀀蒸馏"
+    chain = tok.encode("三" + text, add_special_tokens=False) + [tok.eos_token_id]
+    assert len(chain) > len("三" + text) + 2                            # 确有被拆成多个 token 的字
+    g = TextGenerator(chain_student(tok, chain), tok)
+    pieces = list(g.generate("三", max_new_tokens=20, stream=True))
+    assert "".join(pieces) == "三" + text == g.generate("三", max_new_tokens=20)
+    assert not any("\ufffd" in p for p in pieces), pieces
+    assert {"鱻", "龘", "𠀀"} <= set(pieces)                            # 生僻字各自完整地作为一段交出
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompt=""), "prompt"), (dict(prompt=[]), "prompt"), (dict(prompt=["ok", ""]), "prompt"),
+    (dict(prompt=None), "prompt"),
+    (dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=-3), "-3"), (dict(max_new_tokens=2.0), "2.0"),
+    (dict(strategy="beam_search"), "beam_search"), (dict(strategy="top_k", top_k=0), "top_k"),
+    (dict(strategy="top_p", top_p=0.0), "top_p"), (dict(strategy="top_p", top_p=1.5), "1.5"),
+    (dict(temperature=0.0), "greedy"), (dict(temperature=-1.0), "-1.0"),
+    (dict(prompt="明月光，" * 40), "max_seq_len=96"), (dict(prompt="你好", max_new_tokens=200), "max_new_tokens=200"),
+    (dict(prompt=["a", "b"], stream=True), "stream")])
+def test_bad_generate_inputs(gen, kwargs, match):
+    kwargs = {"prompt": "你好", "max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        out = gen.generate(**kwargs)
+        if kwargs.get("stream"): list(out)
+
+
+def test_bad_stream_inputs_fail_before_iteration(gen):
+    with pytest.raises(ValueError, match="max_new_tokens"): gen.generate("你好", 0, stream=True)
+
+
+# —— load_trained_model ——
+def logits_of(model, ids):
+    with torch.no_grad(): return model(ids)
+
+
+def test_load_trainer_checkpoint(tmp_path, student):
+    from torch.utils.data import DataLoader
+    from distill_edu.distill import DistillationTrainer
+    batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long)}
+    loader = DataLoader([{k: v[0] for k, v in batch.items()}] * 2, batch_size=2)
+    cfg = TrainingConfig(alpha=0.0, max_steps=1, checkpoint_dir=str(tmp_path), seq_len=8, precision="fp32")
+    trainer = DistillationTrainer(student, None, loader, loader, cfg, progress=False)
+    path = trainer.save_checkpoint()
+    model = load_trained_model(path)
+    ids = torch.randint(0, student.config.vocab_size, (1, 6))
+    assert isinstance(model, StudentModel) and not model.training and model.config == student.config
+    torch.testing.assert_close(logits_of(model, ids), logits_of(student, ids))
+
+
+def test_load_weights_only_checkpoint_and_hf_directory(tmp_path, student):
+    ids = torch.randint(0, student.config.vocab_size, (2, 5))
+    state = {"_orig_mod." + k: v for k, v in student.state_dict().items()}      # torch.compile 过的键名
+    torch.save({"model_state_dict": state, "model_config": student.config.to_dict()}, tmp_path / "w.pt")
+    to_hf_qwen2(student).save_pretrained(tmp_path / "hf")
+    for source in (tmp_path / "w.pt", tmp_path / "hf"):
+        model = load_trained_model(source, device="cpu")
+        assert isinstance(model, StudentModel) and not model.training
+        torch.testing.assert_close(logits_of(model, ids), logits_of(student, ids))
+
+
+def test_load_trained_model_errors(tmp_path, student):
+    with pytest.raises(FileNotFoundError, match="nope.pt"): load_trained_model(tmp_path / "nope.pt")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"): load_trained_model(tmp_path / "empty_dir")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt.pt"): load_trained_model(tmp_path / "corrupt.pt")
+    torch.save({"model": student.state_dict()}, tmp_path / "no_config.pt")
+    with pytest.raises(ValueError, match="model_config"): load_trained_model(tmp_path / "no_config.pt")
+    torch.save({"model_config": student.config.to_dict()}, tmp_path / "no_weights.pt")
+    with pytest.raises(ValueError, match="model_state_dict"): load_trained_model(tmp_path / "no_weights.pt")
+    bad_cfg = {**student.config.to_dict(), "num_layers": 3}
+    torch.save({"model": student.state_dict(), "model_config": bad_cfg}, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="不匹配"): load_trained_model(tmp_path / "mismatch.pt")
+    torch.save({"model": student.state_dict(), "model_config": {"hiden": 1}}, tmp_path / "bad_cfg.pt")
+    with pytest.raises(ValueError, match="model_config"): load_trained_model(tmp_path / "bad_cfg.pt")
+
+
+def test_decode_steps_masks_rows_beyond_the_tokenizer(student):
+    "教师词表有填充行：vocab_limit 之外的编号永远不会被采样"
+    ids = torch.randint(0, 100, (2, 4))
+    limit = 50
+    for strategy in STRATEGIES:
+        out = torch.stack(list(decode_steps(student, ids, torch.ones_like(ids), 6, strategy=strategy,
+                                            temperature=2.0, seed=0, vocab_limit=limit)), 1)
+        assert (out < limit).all(), strategy
