@@ -19,7 +19,6 @@ def measure(args):
     torch.backends.cuda.matmul.allow_tf32 = True
     args.peak = measured_matmul_peak(device)
     row = run_variant(f"{world} GPU", teacher_model(device), args, device)
-    row["tokens_per_sec"] *= world                       # run_variant 按单卡 batch 计；全局吞吐 = × world
     if rank == 0:
         write_json(args.out, {"benchmark": "ddp", "world_size": world, "device": device_name(device), "row": row,
                               "batch_per_gpu": args.batch, "seq": args.seq})
