@@ -47,7 +47,7 @@ def run_variant(name, teacher, args, device, **overrides):
     seconds = args.steps * args.batch * args.seq * trainer.world / tok_s
     fpt = flops_per_token(student, teacher, args.seq)
     row = {"variant": name, "tokens_per_sec": round(tok_s), "step_ms": round(1000 * seconds / args.steps, 1),
-           "mfu": round(fpt * tok_s / args.peak, 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+           "mfu": round(fpt * tok_s / (args.peak * trainer.world), 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
            "final_loss": round(trainer.history["train_loss"][-1], 4) if trainer.history["train_loss"] else None}
     del trainer, student; gc.collect(); torch.cuda.empty_cache()
     return row
