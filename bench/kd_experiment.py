@@ -136,7 +136,9 @@ def report(args, results, device):
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "kd_experiment.json"),
                {"benchmark": "kd_experiment", "device": device_name(device), "corpus": args.corpus, "seq": args.seq,
-                "student_batch": args.batch, "student_steps": args.student_steps, "teacher_steps": args.teacher_steps,
+                "student_batch": args.batch, "student_steps": args.student_steps,
+                "teacher_steps": json.loads((Path(args.runs) / "teacher_curve.json").read_text())[-1]["step"],
+                "command": f"python bench/kd_experiment.py students --student-steps {args.student_steps} --batch {args.batch}",
                 "seed": args.seed, "rows": rows, "equal_wallclock_seconds": t_min,
                 "curves": {a: results[a]["curve"] for a in arms}, "teacher": results["teacher"]})
     plot(results, arms, os.path.join(args.out, "kd_curves.png"))
