@@ -21,14 +21,22 @@ def sync(device: torch.device):
     if device.type == "cuda": torch.cuda.synchronize(device)
 
 
-def time_it(fn, device, repeats: int) -> float:
-    "fn 运行 repeats 次的中位数耗时（秒）；之前先预热一次"
-    fn(); sync(device)
+def time_it(fn, device, repeats: int, warmup: bool = True) -> float:
+    "fn 运行 repeats 次的中位数耗时（秒）；warmup 时先不计时地运行一次"
+    if warmup: fn(); sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter(); fn(); sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class CompiledView(torch.nn.Module):
+    "与原模型共享权重，但 hidden_states 经过 torch.compile（decode_steps 只用 config、hidden_states、lm_head）"
+    def __init__(self, model, **compile_kwargs):
+        super().__init__()
+        self.inner, self.config, self.lm_head = model, model.config, model.lm_head
+        self.hidden_states = torch.compile(model.hidden_states, **compile_kwargs)
 
 
 def ours(model, input_ids, mask, new_tokens, use_cache):
@@ -56,6 +64,21 @@ def hf(hf_model, input_ids, mask, new_tokens):
     return run
 
 
+def check_greedy_agrees(model, hf_model, cfg, device):
+    "计时之前先确认：有缓存、无缓存、HF generate 的贪心 token 完全相同（float32、左填充批量）"
+    ids = torch.randint(0, cfg.vocab_size, (3, 16), device=device)
+    mask = torch.ones_like(ids); mask[0, :5] = 0
+    model, hf_model = model.float(), hf_model.float()
+    cached = torch.stack(list(decode_steps(model, ids, mask, 24)), 1)
+    uncached = torch.stack(list(decode_steps(model, ids, mask, 24, use_cache=False)), 1)
+    with torch.inference_mode():
+        hf_out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, min_new_tokens=24,
+                                   do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
+    assert torch.equal(cached, uncached), "有缓存与无缓存的贪心输出不同"
+    assert torch.equal(cached, hf_out), "我们的贪心与 HF generate 不同"
+    print("检查通过：有缓存 = 无缓存 = HF generate（float32 贪心，左填充批量）")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="结果写到这个 JSON 文件")
@@ -70,15 +93,19 @@ def main(argv=None):
     ap.add_argument("--naive", action="store_true", help="加测最朴素的 model(整条序列)[:, -1] 写法（只测 batch 1）")
     ap.add_argument("--no-hf", action="store_true", help="跳过 Hugging Face generate")
     ap.add_argument("--compile", action="store_true", help="另测 torch.compile 过的模型（有缓存）")
+    ap.add_argument("--check", action="store_true", help="计时前检查有缓存/无缓存/HF 的贪心输出一致")
     args = ap.parse_args(argv)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     cfg = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
                       vocab_size=1000) if args.tiny else ModelConfig()
     torch.manual_seed(0)
-    model = StudentModel(cfg).to(device=device, dtype=dtype).eval()
-    hf_model = None if args.no_hf else to_hf_qwen2(model).to(device=device, dtype=dtype).eval()
-    compiled = torch.compile(model, dynamic=True) if args.compile else None
+    model = StudentModel(cfg).to(device).eval()
+    hf_model = None if args.no_hf else to_hf_qwen2(model).eval()
+    if args.check and hf_model is not None: check_greedy_agrees(model, hf_model, cfg, device)
+    model = model.to(dtype)
+    hf_model = hf_model.to(dtype) if hf_model is not None else None
+    compiled = CompiledView(model, dynamic=True) if args.compile else None
 
     rows = []
     for B in args.batch_sizes:
@@ -91,7 +118,7 @@ def main(argv=None):
         if compiled is not None: runs["ours_cache_compiled"] = ours(compiled, input_ids, mask, args.new_tokens, True)
         for name, fn in runs.items():
             slow = name in ("ours_no_cache", "naive_full_logits")
-            seconds = time_it(fn, device, 1 if slow else args.repeats)
+            seconds = time_it(fn, device, 1 if slow else args.repeats, warmup=not slow or device.type == "cuda")
             rows.append(dict(batch_size=B, method=name, seconds=round(seconds, 4),
                              tokens_per_s=round(B * args.new_tokens / seconds, 1)))
             print(f"  B={B} {name}: {rows[-1]['tokens_per_s']} tok/s", flush=True)
