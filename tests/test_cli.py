@@ -1,0 +1,128 @@
+"tests for distill_edu.cli: config precedence, bad input, train (single process + resume), torchrun DDP on gloo, demo"
+import json, os, subprocess, sys
+import pytest
+import torch
+
+from distill_edu.cli import build_parser, main, resolve_train_config, run_demo, CompactVocab
+
+TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                    vocab_size=151665, max_seq_len=32)
+
+
+def write(path, obj):
+    path.write_text(json.dumps(obj) if str(path).endswith(".json") else "\n".join(f"{k}: {json.dumps(v)}" for k, v in obj.items()))
+    return str(path)
+
+
+def test_config_precedence_defaults_file_flags(tmp_path):
+    cfg_file = write(tmp_path / "c.yaml", {"batch_size": 4, "loss_kind": "jsd", "teacher": "/models/t",
+                                            "student": {"hidden_size": 64, "num_layers": 2}})
+    args = build_parser().parse_args(["train", "--config", cfg_file, "--batch-size", "2", "--compile"])
+    config, model_config, opts = resolve_train_config(args)
+    assert config.batch_size == 2                 # 命令行 > 文件
+    assert config.loss_kind == "jsd"              # 文件 > 默认
+    assert config.learning_rate == 3e-4 and config.compile is True
+    assert model_config.hidden_size == 64 and model_config.num_layers == 2 and model_config.vocab_size == 151665
+    assert opts["teacher"] == "/models/t" and opts["source"] == "wikipedia"
+    args = build_parser().parse_args(["train", "--config", cfg_file, "--no-compile", "--teacher", "x"])
+    config, _, opts = resolve_train_config(args)
+    assert config.compile is False and opts["teacher"] == "x" and config.batch_size == 4
+
+
+def test_every_training_field_is_a_flag():
+    import dataclasses
+    from distill_edu.config import TrainingConfig
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(TrainingConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def test_bad_config_errors(tmp_path, capsys):
+    bad = write(tmp_path / "bad.json", {"batch_sise": 4})
+    assert main(["train", "--config", bad]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main(["train", "--alpha", "1.5"]) == 2
+    assert "alpha" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text("x = 1")
+    assert main(["train", "--config", str(tmp_path / "c.toml")]) == 2
+
+
+@pytest.fixture(scope="module")
+def full_vocab_teacher(tmp_path_factory):
+    "一个很小、但输出层有 151936 行（与 Qwen2.5-0.5B 相同）的随机 Qwen2 教师"
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("teacher"))
+    Qwen2ForCausalLM(Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=64, vocab_size=151936, max_position_embeddings=64,
+                                 tie_word_embeddings=True)).save_pretrained(path)
+    return path
+
+
+def train_args(tmp_path, teacher, student_cfg, *extra):
+    return ["train", "--teacher", teacher, "--offline-tokenizer", "--source", "peoples_daily", "--max-bytes", "60000",
+            "--cache-dir", str(tmp_path.parent / "cache"), "--student-config", student_cfg, "--seq-len", "16",
+            "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-interval", "1",
+            "--eval-interval", "2", "--eval-batches", "2", "--loss-chunk-size", "16", "--warmup-steps", "1",
+            "--device", "cpu", *extra]
+
+
+def test_train_and_resume_single_process(tmp_path, full_vocab_teacher, capsys):
+    student_cfg = write(tmp_path / "student.json", TINY_STUDENT)
+    assert main(train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "2")) == 0
+    out = capsys.readouterr().out
+    assert "共 2 步" in out and "最终验证" in out
+    hist = json.load(open(tmp_path / "ckpt" / "history.json"))
+    assert hist["step"] == [1, 2] and all(v > 0 for v in hist["kl_loss"])
+    with pytest.warns(UserWarning, match="max_steps"):
+        assert main(train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "3", "--resume")) == 0
+    assert "从第 2 步续训" in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["history"]["step"] == [1, 2, 3]
+
+
+def test_student_vocab_larger_than_teacher_is_refused(tmp_path, full_vocab_teacher, capsys):
+    student_cfg = write(tmp_path / "student.json", {**TINY_STUDENT, "vocab_size": 152000})
+    assert main(train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "1")) == 2
+    assert "151936" in capsys.readouterr().err
+
+
+def test_torchrun_two_gloo_processes(tmp_path, full_vocab_teacher):
+    "torchrun --nproc_per_node=2 -m distill_edu.cli train：CPU + gloo，数据分片、rank 0 写检查点"
+    student_cfg = write(tmp_path / "student.json", TINY_STUDENT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distill_edu.cli",
+           *train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.stdout.count("2 个进程") == 1                 # 只有 rank 0 打印
+    ckpt = torch.load(tmp_path / "ckpt" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 2 and len(ckpt["history"]["val_loss"]) == 1
+
+
+def test_compact_vocab_round_trip():
+    import numpy as np
+    from distill_edu.data import load_tokenizer
+    tok = load_tokenizer(offline=True)
+    ids = tok.encode("中国人民今天很高兴。")
+    stream = np.array(ids * 3 + [7, 7, 9], dtype=np.uint32)
+    vocab = CompactVocab(stream, len(tok), size=len(set(ids)) + 1)
+    compact = vocab.to_compact[torch.tensor(ids)]
+    assert vocab.unk not in compact.tolist() and vocab.decode(tok, compact.tolist()) == "中国人民今天很高兴。"
+    assert vocab.to_compact[9].item() == vocab.unk and vocab.decode(tok, [vocab.unk]) == "□"
+    with pytest.raises(ValueError, match="vocab"): CompactVocab(stream, len(tok), size=1)
+
+
+def test_demo_quick(tmp_path, capsys):
+    args = build_parser().parse_args(["demo", "--max-bytes", "120000", "--vocab", "512", "--teacher-steps", "12",
+                                      "--student-steps", "8", "--seq-len", "32", "--new-tokens", "4",
+                                      "--out", str(tmp_path)])
+    res = run_demo(args)
+    out = capsys.readouterr().out
+    assert "验证困惑度" in out and out.count("[kd]") == 3 and out.count("[ce]") == 3
+    assert set(res["val_ppl"]) == {"teacher", "kd", "ce"}
+    assert all(1 < v < 512 * 2 for v in res["val_ppl"].values()), res["val_ppl"]
+    assert os.path.isfile(tmp_path / "teacher" / "config.json")
+    assert json.load(open(tmp_path / "teacher" / "config.json"))["vocab_size"] == 512 + 64   # 补了 64 行填充
