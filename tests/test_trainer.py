@@ -413,3 +413,20 @@ def test_ddp_two_processes_equal_single_process(tmp_path, teacher_dir):
     assert_same_training(params_of(single.student), ddp["params"], what="DDP vs 单进程")
     assert ddp["val_loss"] == pytest.approx(hist["val_loss"], rel=1e-5)
     assert any(not torch.equal(v, tiny_student(0).state_dict()[k]) for k, v in ddp["params"].items())
+
+
+def test_mixed_precision_paths_on_cpu(tmp_path, teacher_dir):
+    "autocast bf16 与 fp16 + GradScaler 的代码路径（CPU 上也能跑）：损失与 float32 接近，fp16 的 scaler 状态进检查点"
+    teacher = load_teacher_model(teacher_dir)
+    runs = {}
+    for prec in ("fp32", "bf16", "fp16"):
+        tr = make_trainer(tmp_path / prec, teacher, max_steps=3, precision=prec, log_interval=1)
+        runs[prec] = (tr, tr.train())
+        assert tr.precision == prec and tr.scaler.is_enabled() == (prec == "fp16")
+    for prec in ("bf16", "fp16"):
+        assert runs[prec][1]["train_loss"] == pytest.approx(runs["fp32"][1]["train_loss"], rel=1e-2)
+    ckpt = torch.load(runs["fp16"][0].checkpoint_path, weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0
+    resumed = make_trainer(tmp_path / "fp16b", teacher, max_steps=3, precision="fp16", log_interval=1)
+    resumed.load_checkpoint(runs["fp16"][0].checkpoint_path)
+    assert resumed.scaler.get_scale() == runs["fp16"][0].scaler.get_scale()
