@@ -128,9 +128,9 @@ def run_train(args) -> dict:
     rank, world, device = setup_distributed(opt["device"])
     try:
         torch.manual_seed(config.seed)
-        tokenizer = load_tokenizer(opt["tokenizer"], offline=True if opt["offline_tokenizer"] else None,
-                                   cache_dir=opt["cache_dir"])
-        with rank_zero_first(rank, world):
+        with rank_zero_first(rank, world):              # rank 0 先建分词器缓存和 token 缓存，其余 rank 直接读
+            tokenizer = load_tokenizer(opt["tokenizer"], offline=True if opt["offline_tokenizer"] else None,
+                                       cache_dir=opt["cache_dir"])
             train_loader, val_loader = create_dataloaders(
                 tokenizer, batch_size=config.batch_size, seq_len=config.seq_len, source=opt["source"],
                 max_samples=opt["max_samples"], max_bytes=opt["max_bytes"], model_config=model_config,

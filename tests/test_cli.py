@@ -93,7 +93,8 @@ def test_torchrun_two_gloo_processes(tmp_path, full_vocab_teacher):
     "torchrun --nproc_per_node=2 -m distill_edu.cli train：CPU + gloo，数据分片、rank 0 写检查点"
     student_cfg = write(tmp_path / "student.json", TINY_STUDENT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distill_edu.cli",
-           *train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "2")]
+           *train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "2",
+                       "--cache-dir", str(tmp_path / "fresh_cache"))]          # 空缓存：rank 0 先建，rank 1 等待后读取
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
