@@ -65,11 +65,12 @@ def slice_teacher_vocab(teacher_logits: torch.Tensor, student_vocab: int) -> tor
         raise ValueError(f"教师只有 {v_t} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
     return teacher_logits[..., :student_vocab]
 
-def _loss_sums(s_logits, t_logits, labels, temperature, kind, beta, lam):
-    "一块 token 的 (散度之和, CE 之和)；s_logits/t_logits: (N, V) float32，labels: (N,)；t_logits 为 None 时散度为 0"
+def _loss_sums(s_logits, t_logp, labels, temperature, kind, beta, lam):
+    """一块 token 的 (散度之和, CE 之和)。s_logits: (N, V) float32 学生 logits；t_logp: (N, V) 教师在温度 T 下的
+    log 概率（None 时散度为 0）；labels: (N,)"""
     ce = F.cross_entropy(s_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    if t_logits is None: return s_logits.new_zeros(()), ce
-    d = divergence(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1), kind, beta, lam)
+    if t_logp is None: return s_logits.new_zeros(()), ce
+    d = divergence(F.log_softmax(s_logits / temperature, -1), t_logp, kind, beta, lam)
     return torch.where(labels != IGNORE_INDEX, d, 0.0).sum(), ce
 
 def _metrics(total, kl, ce):
@@ -94,13 +95,19 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if bool((y[valid] >= V).any() | (y[valid] < 0).any()):
         raise ValueError(f"labels 中有超出学生词表 [0, {V}) 的 id：{y[valid].max().item()}")
     t = None if alpha == 0 else _fp32(slice_teacher_vocab(teacher_logits, V).reshape(-1, V))
+    t_logp = None if t is None else F.log_softmax(t / temperature, -1)
     n = valid.sum().clamp(min=1)
-    kl_sum, ce_sum = _loss_sums(s, t, y, temperature, kind, beta, lam)
+    kl_sum, ce_sum = _loss_sums(s, t_logp, y, temperature, kind, beta, lam)
     kl, ce = kl_sum / n, ce_sum / n
     total = alpha * temperature**2 * kl + (1 - alpha) * ce
     return total, _metrics(total, kl, ce)
 
 # %% ../nbs/07_distill.ipynb #7298ee58
+def _teacher_logp(t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    "教师一块 logits → 温度 T 下的 float32 log 概率；原地除以 T，少占一份 (C, V) 的显存（t_logits 必须是临时张量）"
+    t = _fp32(t_logits)
+    return torch.log_softmax(t.div_(temperature), -1)
+
 class _ChunkedDistillLoss(torch.autograd.Function):
     "分块蒸馏损失：前向逐块计算 logits、损失以及对隐藏状态和 LM head 权重的梯度，反向直接返回这些梯度"
 
@@ -119,14 +126,16 @@ class _ChunkedDistillLoss(torch.autograd.Function):
                 h = _fp32(s_hidden[i:i + chunk].detach())               # (C, d)
                 y = labels[i:i + chunk]
                 logits = (h @ w.T).requires_grad_(want_grad)            # 这一块的学生 logits (C, V)
-                t_logits = None if tw is None else _fp32(t_hidden[i:i + chunk].detach() @ tw.T)
-                kl_c, ce_c = _loss_sums(logits, t_logits, y, temperature, kind, beta, lam)
+                t_logp = None if tw is None else _teacher_logp(t_hidden[i:i + chunk].detach() @ tw.T, temperature)
+                kl_c, ce_c = _loss_sums(logits, t_logp, y, temperature, kind, beta, lam)
                 if want_grad:
                     loss_c = (alpha * temperature**2 * kl_c + (1 - alpha) * ce_c) / n
                     (g_logits,) = torch.autograd.grad(loss_c, logits)   # ∂L/∂z，(C, V)
                     g_h[i:i + chunk] = g_logits @ w                     # ∂L/∂h = g W
                     g_w.addmm_(g_logits.T, h)                           # ∂L/∂W += gᵀ h
                 kl_sum += kl_c.detach(); ce_sum += ce_c.detach()
+                del logits, t_logp, kl_c, ce_c                          # 下一块开始前释放这一块的 (C, V) 张量
+                if want_grad: del loss_c, g_logits
         if want_grad: ctx.save_for_backward(g_h, g_w)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
         kl, ce = kl_sum / n, ce_sum / n
