@@ -60,13 +60,15 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--variants", nargs="*", default=["naive", "chunked", "chunked+compile"])
+    ap.add_argument("--variants", nargs="*", default=["naive", "chunked", "chunked+compile"],
+                    help="naive | chunked | chunked+compile | chunked@N（N = loss_chunk_size）")
     args = ap.parse_args()
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     args.peak = measured_matmul_peak(device)
     teacher = teacher_model(device)
     settings = {"naive": dict(loss_chunk_size=0), "chunked": dict(), "chunked+compile": dict(compile=True)}
+    settings.update({v: dict(loss_chunk_size=int(v.split("@")[1])) for v in args.variants if v.startswith("chunked@")})
     rows = [run_variant(v, teacher, args, device, **settings[v]) for v in args.variants]
     base = rows[0]["tokens_per_sec"]
     for r in rows: r["speedup"] = round(r["tokens_per_sec"] / base, 2)
