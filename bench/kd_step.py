@@ -76,5 +76,6 @@ if __name__ == "__main__":
     print_table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup", "final_loss"])
     write_json(args.out, {"benchmark": "kd_step", "device": device_name(device), "torch": torch.__version__,
                           "measured_bf16_peak_tflops": round(args.peak / 1e12, 1), "batch": args.batch, "seq": args.seq,
+                          "loss_chunk_size": TrainingConfig().loss_chunk_size,
                           "steps": args.steps, "rows": rows,
                           "command": f"python bench/kd_step.py --steps {args.steps} --batch {args.batch} --seq {args.seq}"})
