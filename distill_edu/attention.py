@@ -4,12 +4,11 @@
 __all__ = ['repeat_kv', 'GQAAttention']
 
 # %% ../nbs/03_attention.ipynb #02a7c6ee
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn
 from .config import ModelConfig
-from .rope import RotaryEmbedding, apply_rotary_pos_emb
+from .rope import apply_rotary_pos_emb
 
 # %% ../nbs/03_attention.ipynb #1771e960
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 # %% ../nbs/07b_cli.ipynb #ef7b0f13
 from __future__ import annotations
-import argparse, contextlib, dataclasses, json, math, os, sys, tempfile, time
+import argparse, contextlib, dataclasses, json, os, sys, tempfile, time
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset

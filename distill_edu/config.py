@@ -3,7 +3,7 @@
 # %% ../nbs/00_config.ipynb #25fe31bc
 from __future__ import annotations
 import dataclasses
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 # %% auto #0
 __all__ = ['LOSS_KINDS', 'PRECISIONS', 'ModelConfig', 'expect_error', 'TrainingConfig']

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .config import TrainingConfig, ModelConfig, LOSS_KINDS, expect_error
+from .config import TrainingConfig, LOSS_KINDS
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'divergence', 'slice_teacher_vocab', 'distillation_loss', 'chunked_distillation_loss',
