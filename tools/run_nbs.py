@@ -20,6 +20,8 @@ def cell_flags(source: str) -> set:
 def run_notebook(path: Path, skip: set) -> bool:
     nb = read_nb(path)
     def no_eval(cell): return cell.cell_type != 'code' or bool(skip & cell_flags(cell.source))
+    for cell in nb.cells:                      # execnb 只在有新输出时才覆盖：先清空要运行的单元格，避免留下过期输出
+        if not no_eval(cell): cell.outputs = []
     shell = CaptureShell(path)
     try:
         with working_directory(path.parent): shell.run_all(nb, exc_stop=True, preproc=no_eval)
