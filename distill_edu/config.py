@@ -6,16 +6,19 @@ import dataclasses
 from dataclasses import dataclass, asdict
 
 # %% auto #0
-__all__ = ['LOSS_KINDS', 'PRECISIONS', 'ModelConfig', 'expect_error', 'TrainingConfig']
+__all__ = ['LOSS_KINDS', 'PRECISIONS', 'check_int', 'ModelConfig', 'expect_error', 'TrainingConfig']
 
 # %% ../nbs/00_config.ipynb #270c565f
+def check_int(name: str, value, minimum: int = 1):
+    "value 必须是 ≥ minimum 的整数，否则抛出点名的 ValueError（整个包共用这条检查）"
+    # bool 是 int 的子类，True 不应被当作 1 接受
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = {1: "正整数", 0: "非负整数"}.get(minimum, f"≥ {minimum} 的整数")
+        raise ValueError(f"{name} 必须是{kind}，收到 {value!r}")
+
 def _check_positive_int(obj, *names):
     "检查 `obj` 上这些字段都是正整数，否则抛出点名的 ValueError"
-    for name in names:
-        v = getattr(obj, name)
-        # bool 是 int 的子类，True 不应被当作 1 接受
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} 必须是正整数，收到 {v!r}")
+    for name in names: check_int(f"{type(obj).__name__}.{name}", getattr(obj, name))
 
 def _check_range(obj, name, lo, hi, lo_open=False, hi_open=False):
     "检查 `lo ≤ value ≤ hi`（开闭由参数决定），否则抛出点名的 ValueError"
@@ -164,9 +167,7 @@ class TrainingConfig:
         _check_positive_int(self, "batch_size", "num_epochs", "log_interval", "eval_interval",
                             "save_interval", "seq_len", "grad_accum_steps", "max_bad_steps")
         for name in ("warmup_steps", "max_steps", "loss_chunk_size", "eval_batches", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"TrainingConfig.{name} 必须是非负整数，收到 {v!r}")
+            check_int(f"TrainingConfig.{name}", getattr(self, name), minimum=0)
         _check_range(self, "learning_rate", 0, float("inf"), lo_open=True)
         _check_range(self, "weight_decay", 0, float("inf"))
         _check_range(self, "gradient_clip", 0, float("inf"), lo_open=True)

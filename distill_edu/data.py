@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .config import ModelConfig
+from .config import ModelConfig, check_int
 
 # %% auto #0
 __all__ = ['QWEN25_TOKENIZER', 'QWEN_PRETOKENIZE_REGEX', 'QWEN_SPECIAL_TOKENS', 'QWEN_NUM_CONTROL_TOKENS', 'QWEN_BASE_VOCAB',
@@ -276,8 +276,8 @@ def _to_simplified() -> Callable[[str], str]:
     return opencc.OpenCC("t2s").convert
 
 def _check_limit(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} 必须是正整数或 None，收到 {value!r}")
+    "上限要么是 None（不限），要么是正整数"
+    if value is not None: check_int(name, value)
 
 def _source_kind(source: str) -> str:
     "'peoples_daily' | 'hub'（wikipedia、modelscope:…）| 'files'；认不出时报 ValueError"
@@ -417,8 +417,7 @@ class WikiDataset(Dataset):
                  model_config: ModelConfig | None = None, cache_dir=None, to_simplified: bool = False,
                  text_field: str = "text", verbose: bool = True):
         if split not in SPLITS: raise ValueError(f"split 必须是 {SPLITS} 之一，收到 {split!r}")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-            raise ValueError(f"seq_len 必须是正整数，收到 {seq_len!r}")
+        check_int("seq_len", seq_len)
         if not 0 < val_fraction < 1: raise ValueError(f"val_fraction 必须在 (0, 1) 内，收到 {val_fraction!r}")
         check_fits_model(tokenizer, seq_len, model_config)
         self.cache_path = tokenize_to_cache(tokenizer, source, max_samples, max_bytes, val_fraction, to_simplified,
@@ -457,10 +456,7 @@ def create_dataloaders(tokenizer, batch_size: int = 8, seq_len: int = 512, sourc
                        cache_dir=None, **dataset_kwargs) -> tuple[DataLoader, DataLoader]:
     """返回 (train_loader, val_loader)。每个 batch 是 `{"input_ids", "labels"}`，各为 (batch_size, seq_len) int64；
     训练集按 seed 打乱并丢弃不满的最后一批，验证集按顺序、不丢样本。"""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size 必须是正整数，收到 {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers 必须是非负整数，收到 {num_workers!r}")
+    check_int("batch_size", batch_size); check_int("num_workers", num_workers, minimum=0)
     kw = dict(seq_len=seq_len, source=source, max_samples=max_samples, max_bytes=max_bytes,
               model_config=model_config, cache_dir=cache_dir, **dataset_kwargs)
     train, val = WikiDataset(tokenizer, "train", **kw), WikiDataset(tokenizer, "validation", **kw)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, check_int
 from .model import StudentModel, from_hf_qwen2
 
 # %% auto #0
@@ -24,8 +24,7 @@ def check_sampling_args(strategy: str = "greedy", temperature: float = 1.0, top_
         raise ValueError(f"未知的 strategy={strategy!r}，可选：{STRATEGIES}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature 必须 > 0，收到 {temperature!r}；想要确定性的输出请用 strategy='greedy'")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-        raise ValueError(f"top_k 必须是正整数，收到 {top_k!r}")
+    check_int("top_k", top_k)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"top_p 必须在 (0, 1] 内，收到 {top_p!r}")
 
@@ -73,8 +72,7 @@ class KVCache:
                  device="cpu", dtype: torch.dtype = torch.float32):
         for name, v in dict(num_layers=num_layers, batch_size=batch_size, num_kv_heads=num_kv_heads,
                             max_seq_len=max_seq_len, head_dim=head_dim).items():
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"KVCache 的 {name} 必须是正整数，收到 {v!r}")
+            check_int(f"KVCache.{name}", v)
         shape = (batch_size, num_kv_heads, max_seq_len, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
@@ -183,8 +181,7 @@ class TextGenerator:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _check_lengths(self, prompt_ids: list[list[int]], max_new_tokens: int):
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens 必须是正整数，收到 {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens)
         limit, longest = self.model.config.max_seq_len, max(len(ids) for ids in prompt_ids)
         if longest + max_new_tokens > limit:
             raise ValueError(f"提示有 {longest} 个 token，加上 max_new_tokens={max_new_tokens} 超过了模型的上下文长度 "
