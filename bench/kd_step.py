@@ -1,6 +1,7 @@
 """一步蒸馏训练的速度与显存：123M 学生 + Qwen2.5-0.5B 结构的教师，batch 8 × 512，GPU 上 bf16。
 
-同一次运行里比较“朴素参考”（完整词表 logits 的 fp32 损失、不编译）与项目默认设置（分块损失），以及可选的 torch.compile。
+同一次运行里比较“朴素参考”（完整词表 logits 的 fp32 损失、不编译）与项目默认设置（TrainingConfig() 的默认值：
+分块损失 + GPU 上 torch.compile），以及默认设置的几个变体（不编译、换块大小）。
 MFU = 每 token FLOPs × tokens/s ÷ 本卡实测的 bf16 矩阵乘峰值。
 
     python bench/kd_step.py --out bench/results/kd_step.json [--steps 20] [--batch 8] [--seq 512]
@@ -60,15 +61,14 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--variants", nargs="*", default=["naive", "chunked", "chunked+compile"],
-                    help="naive | chunked | chunked+compile | chunked@N（N = loss_chunk_size）")
+    ap.add_argument("--variants", nargs="*", default=["naive", "default", "eager"],
+                    help="naive | default | eager（默认设置但不编译）| default@N（N = loss_chunk_size）")
     args = ap.parse_args()
     device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
     args.peak = measured_matmul_peak(device)
     teacher = teacher_model(device)
-    settings = {"naive": dict(loss_chunk_size=0), "chunked": dict(), "chunked+compile": dict(compile=True)}
-    settings.update({v: dict(loss_chunk_size=int(v.split("@")[1])) for v in args.variants if v.startswith("chunked@")})
+    settings = {"naive": dict(loss_chunk_size=0, compile=False), "default": dict(), "eager": dict(compile=False)}
+    settings.update({v: dict(loss_chunk_size=int(v.split("@")[1])) for v in args.variants if v.startswith("default@")})
     rows = [run_variant(v, teacher, args, device, **settings[v]) for v in args.variants]
     base = rows[0]["tokens_per_sec"]
     for r in rows: r["speedup"] = round(r["tokens_per_sec"] / base, 2)
@@ -76,6 +76,7 @@ if __name__ == "__main__":
     print_table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup", "final_loss"])
     write_json(args.out, {"benchmark": "kd_step", "device": device_name(device), "torch": torch.__version__,
                           "measured_bf16_peak_tflops": round(args.peak / 1e12, 1), "batch": args.batch, "seq": args.seq,
-                          "loss_chunk_size": TrainingConfig().loss_chunk_size,
+                          "defaults": {k: getattr(TrainingConfig(), k) for k in ("loss_chunk_size", "compile")},
                           "steps": args.steps, "rows": rows,
-                          "command": f"python bench/kd_step.py --steps {args.steps} --batch {args.batch} --seq {args.seq}"})
+                          "command": f"python bench/kd_step.py --steps {args.steps} --batch {args.batch} --seq {args.seq} "
+                                     f"--variants {' '.join(args.variants)}"})

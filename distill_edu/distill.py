@@ -2,7 +2,7 @@
 
 # %% ../nbs/07_distill.ipynb #14122797
 from __future__ import annotations
-import contextlib, math, os, random, time, warnings
+import contextlib, functools, math, os, random, time, warnings
 import numpy as np
 import torch
 import torch.nn as nn
@@ -103,40 +103,103 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return total, _metrics(total, kl, ce)
 
 # %% ../nbs/07_distill.ipynb #7298ee58
-def _teacher_logp(t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    "教师一块 logits → 温度 T 下的 float32 log 概率；原地除以 T，少占一份 (C, V) 的显存（t_logits 必须是临时张量）"
-    t = _fp32(t_logits)
-    return torch.log_softmax(t.div_(temperature), -1)
+def _softmax_grad(q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    "链式法则穿过 softmax：∇_u D = q ⊙ (a − ⟨q, a⟩)，其中 a = ∂D/∂q；q, a: (C, V)"
+    return q * (a - (q * a).sum(-1, keepdim=True))
+
+def _divergence_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta: float, lam: float):
+    """逐 token 的散度 D 和它对 u = z/T 的梯度（手推，见上表）。logq：学生、logp：教师在温度 T 下的 (C, V) log 概率。
+    返回 (D: (C,), ∇_u D: (C, V))；与 `divergence` 的约定相同（β=0/1 的 JSD 是前向/反向 KL，λ=0 的 skew KL 是前向 KL）"""
+    if kind == "jsd" and beta in (0, 1): kind = "forward_kl" if beta == 0 else "reverse_kl"
+    if kind == "skew_kl" and lam == 0: kind = "forward_kl"
+    q = logq.exp()
+    if kind == "forward_kl":
+        p = logp.exp()
+        return (p * (logp - logq)).sum(-1), q - p                      # ∇ = q − p
+    if kind == "reverse_kl":
+        r = logq - logp                                               # log(q/p)
+        D = (q * r).sum(-1)
+        return D, q * (r - D[:, None])                                # ∇ = q ⊙ (log q/p − D)
+    if kind == "jsd":
+        M = _log_mix(logp, logq, beta)                                # log M，M = βp + (1−β)q
+        D = beta * _kl(logp, M) + (1 - beta) * _kl(logq, M)
+        return D, _softmax_grad(q, (1 - beta) * (logq - M))           # a = (1−β) log(q/M)
+    if kind == "skew_kl":
+        M = _log_mix(logp, logq, lam)                                 # log M，M = λp + (1−λ)q
+        return _kl(logp, M), _softmax_grad(q, -(1 - lam) * (logp - M).exp())   # a = −(1−λ) p/M
+    raise ValueError(f"未知的散度 kind={kind!r}，可选：{LOSS_KINDS}")
+
+def _chunk_loss_grad(z, t, y, alpha, temperature, kind, beta, lam, want_grad, pad_to):
+    """一块 token 的 (散度之和, CE 之和, g)。z: (C, V) 学生 logits；t: (C, V) 教师 logits 或 None（纯 CE）；
+    y: (C,) 标签。g = n · ∂L/∂z（n 是整个批的有效 token 数，1/n 留到累加完再乘，fp16 下也不会下溢），
+    右边补零到 pad_to 列，dtype 与 z 相同；want_grad=False 时 g 为 None。损失在 float32 中计算。"""
+    valid, mm_dtype = y != IGNORE_INDEX, z.dtype
+    y0 = torch.where(valid, y, 0)                                     # 被忽略的位置随便放一个合法 id，下面乘 valid 清零
+    z = _fp32(z)
+    log_s = torch.log_softmax(z, -1)                                  # T = 1 的学生 log 概率（CE 用）
+    ce = -(log_s.gather(1, y0[:, None]).squeeze(1) * valid).sum()
+    kl = z.new_zeros(())
+    if want_grad:
+        onehot = torch.arange(z.size(1), device=z.device) == y0[:, None]
+        g = (1 - alpha) * (log_s.exp() - onehot.float())              # (1−α)(softmax(z) − e_y)
+    if t is not None:
+        logq = torch.log_softmax(z / temperature, -1)
+        logp = torch.log_softmax(_fp32(t) / temperature, -1)
+        d, grad_u = _divergence_and_grad(logq, logp, kind, beta, lam)
+        kl = (d * valid).sum()
+        if want_grad: g = g + alpha * temperature * grad_u            # α T² · (1/T) ∇_u D
+    if not want_grad: return kl, ce, None
+    g = g * valid[:, None]                                            # 被忽略的 token 整行为 0
+    return kl, ce, F.pad(g, (0, pad_to - z.size(1))).to(mm_dtype)   # 补零列对应 W 的补零行
+
+# %% ../nbs/07_distill.ipynb #642875f8
+_ROW_MULTIPLE = 128   # LM head 权重的行数补到它的倍数，矩阵乘法才能用对齐的快速 kernel
+
+def _pad_rows(w: torch.Tensor, multiple: int = _ROW_MULTIPLE) -> torch.Tensor:
+    "(V, d) → (V₊, d)：在下面补零行，V₊ 是 multiple 的倍数（已经对齐时原样返回）"
+    extra = -w.size(0) % multiple
+    return F.pad(w, (0, 0, 0, extra)) if extra else w
+
+def _matmul_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    "LM head 乘法用的 dtype：autocast 开着时用它的 dtype（bf16/fp16），否则用权重自己的 dtype"
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+
+_COMPILED_CHUNK = {}
+
+def _chunk_fn(compiled: bool):
+    "compiled=True 时返回 torch.compile 过的 `_chunk_loss_grad`（只编译一次，进程内共享）"
+    if not compiled: return _chunk_loss_grad
+    if "fn" not in _COMPILED_CHUNK: _COMPILED_CHUNK["fn"] = torch.compile(_chunk_loss_grad, dynamic=False)
+    return _COMPILED_CHUNK["fn"]
 
 class _ChunkedDistillLoss(torch.autograd.Function):
     "分块蒸馏损失：前向逐块计算 logits、损失以及对隐藏状态和 LM head 权重的梯度，反向直接返回这些梯度"
 
     @staticmethod
     def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, opts):
-        alpha, temperature, kind, beta, lam, chunk, want_grad = opts
-        V, N = s_weight.size(0), s_hidden.size(0)
-        n = (labels != IGNORE_INDEX).sum().clamp(min=1).float()
-        w = _fp32(s_weight.detach())                                    # 学生 LM head，float32 (V, d)
-        tw = None if t_hidden is None else t_weight.detach()[:V]        # 教师 LM head 切到学生词表 (V, d_t)
-        g_h = w.new_empty(N, w.size(1)) if want_grad else None
-        g_w = torch.zeros_like(w) if want_grad else None
-        kl_sum, ce_sum = w.new_zeros(()), w.new_zeros(())
-        with torch.enable_grad(), torch.autocast(w.device.type, enabled=False):
+        alpha, temperature, kind, beta, lam, chunk, want_grad, compiled = opts
+        (V, d), N = s_weight.shape, s_hidden.size(0)
+        dtype = _matmul_dtype(s_hidden.device.type, s_weight.dtype)
+        n = (labels != IGNORE_INDEX).sum().clamp(min=1)
+        w = _pad_rows(s_weight.detach().to(dtype))                      # 学生 LM head (V₊, d)，V₊ 是 128 的倍数
+        tw = None if t_hidden is None else _pad_rows(t_weight.detach().to(dtype))   # 教师 LM head (V_t₊, d_t)
+        acc_dtype = torch.promote_types(dtype, torch.float32)           # 梯度和损失在至少 float32 中累加
+        g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
+        g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
+        kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
+        step = _chunk_fn(compiled)
+        with torch.autocast(s_hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
-                h = _fp32(s_hidden[i:i + chunk].detach())               # (C, d)
-                y = labels[i:i + chunk]
-                logits = (h @ w.T).requires_grad_(want_grad)            # 这一块的学生 logits (C, V)
-                t_logp = None if tw is None else _teacher_logp(t_hidden[i:i + chunk].detach() @ tw.T, temperature)
-                kl_c, ce_c = _loss_sums(logits, t_logp, y, temperature, kind, beta, lam)
+                h = s_hidden[i:i + chunk].detach().to(dtype)            # (C, d)
+                z = (h @ w.T)[:, :V]                                    # 这一块的学生 logits (C, V)
+                t = None if tw is None else (t_hidden[i:i + chunk].detach().to(dtype) @ tw.T)[:, :V]   # 教师切到学生词表
+                kl_c, ce_c, g = step(z, t, labels[i:i + chunk], alpha, temperature, kind, beta, lam, want_grad, w.size(0))
                 if want_grad:
-                    loss_c = (alpha * temperature**2 * kl_c + (1 - alpha) * ce_c) / n
-                    (g_logits,) = torch.autograd.grad(loss_c, logits)   # ∂L/∂z，(C, V)
-                    g_h[i:i + chunk] = g_logits @ w                     # ∂L/∂h = g W
-                    g_w.addmm_(g_logits.T, h)                           # ∂L/∂W += gᵀ h
-                kl_sum += kl_c.detach(); ce_sum += ce_c.detach()
-                del logits, t_logp, kl_c, ce_c                          # 下一块开始前释放这一块的 (C, V) 张量
-                if want_grad: del loss_c, g_logits
-        if want_grad: ctx.save_for_backward(g_h, g_w)
+                    g_h[i:i + chunk] = g @ w                            # n·∂L/∂h = g W
+                    g_w += g.T @ h                                      # n·∂L/∂W += gᵀ h
+                kl_sum += kl_c; ce_sum += ce_c
+                del z, t, g                                             # 下一块开始前释放这一块的 (C, V) 张量
+        if want_grad: ctx.save_for_backward(g_h / n, g_w[:V] / n)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
         kl, ce = kl_sum / n, ce_sum / n
         total = alpha * temperature**2 * kl + (1 - alpha) * ce
@@ -151,12 +214,13 @@ class _ChunkedDistillLoss(torch.autograd.Function):
 def chunked_distillation_loss(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, labels: torch.Tensor,
                               teacher_hidden: torch.Tensor | None = None, teacher_head_weight: torch.Tensor | None = None,
                               alpha: float = 0.5, temperature: float = 2.0, kind: str = "forward_kl",
-                              beta: float = 0.5, lam: float = 0.1, chunk_size: int = 1024):
+                              beta: float = 0.5, lam: float = 0.1, chunk_size: int = 1024, compiled: bool = False):
     """与 `distillation_loss` 数值相同（损失与梯度），但从不构造完整的 (token × 词表) logits。
 
     student_hidden: (B, T, d) 学生最后一层归一化后的隐藏状态（LM head 之前）；student_head_weight: (V_s, d)；
     teacher_hidden: (B, T, d_t)，teacher_head_weight: (V_t, d_t)，V_t ≥ V_s（α=0 时两者可为 None）；
-    labels: (B, T) long。每块 chunk_size 个 token 在 float32 中计算。返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
+    labels: (B, T) long。LM head 的乘法跟随 autocast 的 dtype，损失在 float32 中计算，每块 chunk_size 个 token；
+    compiled=True 时逐块的损失与梯度经 torch.compile 融合。返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
     _check_loss_args(alpha, temperature, kind, beta, lam)
     if chunk_size <= 0: raise ValueError(f"chunk_size 必须是正整数，收到 {chunk_size!r}")
     V = student_head_weight.size(0)
@@ -168,7 +232,7 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_head_weight:
     h = student_hidden.reshape(-1, student_hidden.size(-1))
     th = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.size(-1))
     want_grad = torch.is_grad_enabled() and (h.requires_grad or student_head_weight.requires_grad)
-    opts = (alpha, temperature, kind, beta, lam, chunk_size, want_grad)
+    opts = (alpha, temperature, kind, beta, lam, chunk_size, want_grad, compiled)
     total, kl, ce = _ChunkedDistillLoss.apply(h, student_head_weight, th, teacher_head_weight, labels.reshape(-1), opts)
     return total, _metrics(total, kl, ce)
 
@@ -330,15 +394,11 @@ def atomic_save(obj, path: str):
 
 class _StudentLoss(nn.Module):
     "学生前向 + 蒸馏损失打包成一个 Module：DDP 包住它，所有用到学生参数的计算都发生在 forward 里"
-    def __init__(self, student: nn.Module, config: TrainingConfig):
+    def __init__(self, student: nn.Module, config: TrainingConfig, compiled: bool = False):
         super().__init__()
-        self.student, self.config = student, config
-        self.hidden_fn, self.logits_fn = student.hidden_states, student
-
-    def compile(self):
-        "torch.compile 学生的主干（分块路径编译 hidden_states，朴素路径编译整个前向）"
-        if self.config.loss_chunk_size > 0: self.hidden_fn = torch.compile(self.student.hidden_states)
-        else: self.logits_fn = torch.compile(self.student)
+        self.student, self.config, self.compiled = student, config, compiled
+        wrap = torch.compile if compiled else (lambda fn: fn)          # torch.compile 是惰性的：第一次调用时才编译
+        self.hidden_fn, self.logits_fn = wrap(student.hidden_states), wrap(student)
 
     def forward(self, input_ids, labels, teacher_out=None):
         c = self.config
@@ -346,7 +406,7 @@ class _StudentLoss(nn.Module):
         if c.loss_chunk_size > 0:
             th, tw = teacher_out if teacher_out is not None else (None, None)
             return chunked_distillation_loss(self.hidden_fn(input_ids), self.student.lm_head.weight, labels, th, tw,
-                                             chunk_size=c.loss_chunk_size, **kw)
+                                             chunk_size=c.loss_chunk_size, compiled=self.compiled, **kw)
         return distillation_loss(self.logits_fn(input_ids), teacher_out, labels, **kw)
 
 # %% ../nbs/07_distill.ipynb #fd08cbb2
@@ -376,8 +436,12 @@ class DistillationTrainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.loss_module = _StudentLoss(self.student, config)
-        if config.compile: self.loss_module.compile()
+        self.compiled = config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
+        self.loss_module = _StudentLoss(self.student, config, self.compiled)
+        if self.teacher is not None:
+            fn = teacher_hidden_and_head if config.loss_chunk_size > 0 else model_logits
+            self.teacher_fn = functools.partial(fn, self.teacher)
+            if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn)
         self.model = self.loss_module
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -438,9 +502,7 @@ class DistillationTrainer:
     def _teacher_forward(self, input_ids):
         "教师前向（inference_mode，不建图）：分块路径返回 (隐藏状态, LM head 权重)，朴素路径返回 logits"
         if self.teacher is None: return None
-        with torch.inference_mode(), self._autocast():
-            if self.config.loss_chunk_size > 0: return teacher_hidden_and_head(self.teacher, input_ids)
-            return model_logits(self.teacher, input_ids)
+        with torch.inference_mode(), self._autocast(): return self.teacher_fn(input_ids)
 
     def _train_step(self) -> dict:
         c, accum = self.config, self.config.grad_accum_steps
