@@ -25,7 +25,8 @@ TINY_TEACHER = ModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_he
 TINY_STUDENT = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 ARMS = {"kd_forward_kl": dict(alpha=0.5, temperature=2.0, loss_kind="forward_kl"),
         "ce_baseline": dict(alpha=0.0),
-        "kd_reverse_kl": dict(alpha=0.5, temperature=2.0, loss_kind="reverse_kl")}
+        "kd_reverse_kl": dict(alpha=0.5, temperature=2.0, loss_kind="reverse_kl"),
+        "kd_forward_kl_T1": dict(alpha=0.5, temperature=1.0, loss_kind="forward_kl")}
 
 
 def loaders(args, tokenizer, batch_size):
@@ -50,6 +51,11 @@ def heldout(model, val_loader, device, max_batches, teacher=None, vocab=151665):
         ce_sum += m["ce_loss"].item() * labels.numel(); n_tok += labels.numel()
     return {"val_loss": ce_sum / n_tok, "val_ppl": math.exp(ce_sum / n_tok),
             **({"top1_agreement": agree / n_tok} if teacher is not None else {})}
+
+
+def suffix(args) -> str:
+    "种子 0 的结果文件没有后缀（kd_experiment.json），其他种子加 _seedN"
+    return f"_seed{args.seed}" if args.seed else ""
 
 
 def sync(device):
@@ -100,7 +106,7 @@ def stage_students(args, device):
     results = {"teacher": heldout(teacher, val_loader, device, args.eval_batches)}
     print(f"教师：val_ppl {results['teacher']['val_ppl']:.2f}")
     for arm in args.arms:
-        path = runs / f"{arm}.json"
+        path = runs / f"{arm}{suffix(args)}.json"
         if path.is_file(): results[arm] = json.loads(path.read_text()); continue
         print(f"== {arm} ==", flush=True)
         torch.manual_seed(args.seed)
@@ -134,14 +140,15 @@ def report(args, results, device):
     print(f"\n{device_name(device)}；同墙钟时间点 = {t_min:.0f}s")
     print_table(rows, ["model", "val_ppl", "ppl_at_equal_wallclock", "top1_agreement", "tokens", "train_seconds"])
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "kd_experiment.json"),
+    write_json(os.path.join(args.out, f"kd_experiment{suffix(args)}.json"),
                {"benchmark": "kd_experiment", "device": device_name(device), "corpus": args.corpus, "seq": args.seq,
                 "student_batch": args.batch, "student_steps": args.student_steps,
                 "teacher_steps": json.loads((Path(args.runs) / "teacher_curve.json").read_text())[-1]["step"],
-                "command": f"python bench/kd_experiment.py students --student-steps {args.student_steps} --batch {args.batch}",
+                "command": f"python bench/kd_experiment.py students --student-steps {args.student_steps} --batch {args.batch} "
+                           f"--seed {args.seed} --arms {' '.join(arms)}",
                 "seed": args.seed, "rows": rows, "equal_wallclock_seconds": t_min,
                 "curves": {a: results[a]["curve"] for a in arms}, "teacher": results["teacher"]})
-    plot(results, arms, os.path.join(args.out, "kd_curves.png"))
+    plot(results, arms, os.path.join(args.out, f"kd_curves{suffix(args)}.png"))
 
 
 def plot(results, arms, path):
@@ -175,7 +182,7 @@ if __name__ == "__main__":
     ap.add_argument("--arms", nargs="*", default=list(ARMS))
     ap.add_argument("--evals", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=40)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="不用 torch.compile（默认在 GPU 上编译）")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="bf16")

@@ -312,7 +312,8 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Ada
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+    fused = all(p.is_cuda for p in params)                # GPU 上用融合版 AdamW：一个 kernel 更新全部参数
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     "第 step 步（从 0 开始）的学习率倍数：线性预热，然后余弦退火到 min_lr_ratio"
@@ -517,9 +518,10 @@ class DistillationTrainer:
                 self.scaler.scale(loss / accum).backward()
             parts += torch.stack([m["total_loss"], m["kl_loss"], m["ce_loss"]]).float() / accum
             tokens += ids.numel() * self.world
-        total, kl, ce = _all_reduce_mean(parts, self.world).tolist()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip)
+        # 一次把损失和梯度范数拷回 CPU（每次 .tolist()/.item() 都要等 GPU 跑完，一步只等一次）
+        total, kl, ce, grad_norm = torch.cat([_all_reduce_mean(parts, self.world), grad_norm.float()[None]]).tolist()
         finite = math.isfinite(total) and (math.isfinite(grad_norm) or self.scaler.is_enabled())
         if finite:
             self.bad_steps = 0
