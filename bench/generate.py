@@ -8,11 +8,12 @@
 吞吐量 = B × N / 总时间（含预填充）。默认模型是默认的 ModelConfig 学生（12 层、d=512、V=151665），随机权重。
 """
 from __future__ import annotations
-import argparse, json, platform, statistics, time
+import argparse, platform, statistics, time
 
 import torch
 
 from distill_edu.config import ModelConfig
+from common import write_json
 from distill_edu.generate import decode_steps
 from distill_edu.model import StudentModel, to_hf_qwen2
 
@@ -138,7 +139,7 @@ def main(argv=None):
     result = dict(device=str(device), device_name=device_name, dtype=args.dtype, torch=torch.__version__,
                   threads=torch.get_num_threads(), prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                   model="tiny" if args.tiny else "default", config=cfg.to_dict(), rows=rows)
-    with open(args.json, "w") as f: json.dump(result, f, indent=2, ensure_ascii=False)
+    write_json(args.json, result)                                      # 加上日期与提交
     print(f"已写入 {args.json}")
 
 

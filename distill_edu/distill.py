@@ -28,6 +28,7 @@ def _kl(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
 
 def _log_mix(logp_a: torch.Tensor, logp_b: torch.Tensor, w: float) -> torch.Tensor:
     "log(w·a + (1−w)·b)，在 log 空间用 logaddexp 计算（0 < w ≤ 1）"
+    if w == 1: return logp_a                    # math.log1p(-1) 会报错：w=1 时混合分布就是 a
     return torch.logaddexp(logp_a + math.log(w), logp_b + math.log1p(-w))
 
 def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str = "forward_kl",
@@ -164,13 +165,10 @@ def _matmul_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
     "LM head 乘法用的 dtype：autocast 开着时用它的 dtype（bf16/fp16），否则用权重自己的 dtype"
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
 
-_COMPILED_CHUNK = {}
-
-def _chunk_fn(compiled: bool):
-    "compiled=True 时返回 torch.compile 过的 `_chunk_loss_grad`（只编译一次，进程内共享）"
-    if not compiled: return _chunk_loss_grad
-    if "fn" not in _COMPILED_CHUNK: _COMPILED_CHUNK["fn"] = torch.compile(_chunk_loss_grad, dynamic=False)
-    return _COMPILED_CHUNK["fn"]
+@functools.cache
+def _compiled_chunk_loss_grad():
+    "torch.compile 过的 `_chunk_loss_grad`（进程内只建一次；真正的编译发生在第一次调用时）"
+    return torch.compile(_chunk_loss_grad, dynamic=False)
 
 class _ChunkedDistillLoss(torch.autograd.Function):
     "分块蒸馏损失：前向逐块计算 logits、损失以及对隐藏状态和 LM head 权重的梯度，反向直接返回这些梯度"
@@ -187,7 +185,7 @@ class _ChunkedDistillLoss(torch.autograd.Function):
         g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
         g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
         kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
-        step = _chunk_fn(compiled)
+        step = _compiled_chunk_loss_grad() if compiled else _chunk_loss_grad
         with torch.autocast(s_hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
                 h = s_hidden[i:i + chunk].detach().to(dtype)            # (C, d)
