@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .config import TrainingConfig, LOSS_KINDS
+from .data import _looks_like_path   # 与分词器用同一条规则区分“本地路径”和 hub 名字
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'divergence', 'slice_teacher_vocab', 'distillation_loss', 'chunked_distillation_loss',
@@ -271,9 +272,6 @@ def _logits_are_finite(model, device) -> bool:
     ids = torch.arange(min(32, teacher_vocab_rows(model)), device=device)[None]
     with torch.inference_mode(): return bool(torch.isfinite(model_logits(model, ids)).all())
 
-def _looks_like_local_path(model_id: str) -> bool:
-    return os.path.isabs(model_id) or model_id.startswith((".", "~")) or os.path.exists(model_id)
-
 def load_teacher_model(model_id: str = "Qwen/Qwen2.5-0.5B", device="cpu", dtype=None, student_vocab: int | None = None):
     """加载冻结的教师模型（`AutoModelForCausalLM`，hub 名字或本地目录），返回 eval 模式、参数全部冻结的模型。
 
@@ -281,7 +279,7 @@ def load_teacher_model(model_id: str = "Qwen/Qwen2.5-0.5B", device="cpu", dtype=
     fp16 下若一次试探前向出现 NaN/Inf，发出警告并以 float32 重新加载。给了 student_vocab 时检查词表兼容。"""
     from transformers import AutoModelForCausalLM
     model_id, device = str(model_id), torch.device(device)
-    if _looks_like_local_path(model_id) and not os.path.isdir(os.path.expanduser(model_id)):
+    if (_looks_like_path(model_id) or os.path.exists(model_id)) and not os.path.isdir(os.path.expanduser(model_id)):
         raise FileNotFoundError(f"找不到教师模型目录 {model_id!r}")
     if isinstance(dtype, str):
         if dtype not in _DTYPES: raise ValueError(f"未知的 dtype={dtype!r}，可选：{sorted(_DTYPES)}")
