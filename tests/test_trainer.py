@@ -254,6 +254,9 @@ def test_load_teacher_from_local_dir_is_frozen(teacher_dir):
 
 def test_load_teacher_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"): load_teacher_model(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="a/b/nope"): load_teacher_model("a/b/nope")   # 两个斜杠：不是 hub 名字
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="weights.bin"): load_teacher_model(str(tmp_path / "weights.bin"))
     with pytest.raises(ValueError, match="fp8"): load_teacher_model(str(tmp_path), dtype="fp8")
 
 
