@@ -94,24 +94,20 @@ class StudentModel(nn.Module):
         return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, kv_cache))
 
 # %% ../nbs/05_model.ipynb #7a9d2abc
-_HF_TO_OURS = [(r"^model\.embed_tokens\.", "embedding."),
-               (r"^model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
-               (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.ffn_norm."),
-               (r"^model\.layers\.(\d+)\.self_attn\.", r"layers.\1.attention."),
-               (r"^model\.layers\.(\d+)\.mlp\.", r"layers.\1.ffn."),
-               (r"^model\.norm\.", "final_norm."),
-               (r"^lm_head\.", "lm_head.")]
-_OURS_TO_HF = [(r"^embedding\.", "model.embed_tokens."),
-               (r"^layers\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
-               (r"^layers\.(\d+)\.ffn_norm\.", r"model.layers.\1.post_attention_layernorm."),
-               (r"^layers\.(\d+)\.attention\.", r"model.layers.\1.self_attn."),
-               (r"^layers\.(\d+)\.ffn\.", r"model.layers.\1.mlp."),
-               (r"^final_norm\.", "model.norm."),
-               (r"^lm_head\.", "lm_head.")]
+_NAME_PAIRS = [("model.embed_tokens.", "embedding."),                  # (HF 的名字前缀, 我们的名字前缀)；{i} 是层号
+               ("model.layers.{i}.input_layernorm.", "layers.{i}.attn_norm."),
+               ("model.layers.{i}.post_attention_layernorm.", "layers.{i}.ffn_norm."),
+               ("model.layers.{i}.self_attn.", "layers.{i}.attention."),
+               ("model.layers.{i}.mlp.", "layers.{i}.ffn."),
+               ("model.norm.", "final_norm."),
+               ("lm_head.", "lm_head.")]
 
-def _rename(key: str, rules) -> str | None:
-    for pattern, repl in rules:
-        if re.match(pattern, key): return re.sub(pattern, repl, key)
+def _rename(key: str, to_ours: bool) -> str | None:
+    "按上表改一个参数名：to_ours=True 从 HF 改成我们的，False 反过来；表里没有的名字返回 None"
+    for hf, ours in _NAME_PAIRS:
+        src, dst = (hf, ours) if to_ours else (ours, hf)
+        pattern = "^" + re.escape(src).replace(r"\{i\}", r"(\d+)")      # 前缀按字面匹配，{i} 匹配任意层号
+        if re.match(pattern, key): return re.sub(pattern, dst.replace("{i}", r"\1"), key)
     return None
 
 def _load_checked(model: nn.Module, state: dict, source: str):
@@ -139,7 +135,7 @@ def from_hf_qwen2(hf_model_or_state_dict, config: ModelConfig | None = None) -> 
     state = {}
     for k, v in hf_state.items():
         if "rotary_emb" in k: continue                       # RoPE 频率表是现算的缓冲区，不是参数
-        new = _rename(k, _HF_TO_OURS)
+        new = _rename(k, to_ours=True)
         state[new if new is not None else k] = v             # 不认识的键原样保留，由 _load_checked 报告
     if config.tie_word_embeddings and "lm_head.weight" not in state and "embedding.weight" in state:
         state["lm_head.weight"] = state["embedding.weight"]  # 共享权重时有的存档只存一份
@@ -152,6 +148,6 @@ def to_hf_qwen2(student: StudentModel):
     "把 StudentModel 导出为 transformers 的 Qwen2ForCausalLM（同 dtype、同设备），可用 save_pretrained 保存"
     from transformers import Qwen2ForCausalLM
     hf = Qwen2ForCausalLM(student.config.to_hf_config()).to(dtype=student.lm_head.weight.dtype)
-    state = {_rename(k, _OURS_TO_HF): v for k, v in student.state_dict().items()}
+    state = {_rename(k, to_ours=False): v for k, v in student.state_dict().items()}
     _load_checked(hf, state, "StudentModel 权重")
     return hf.to(student.lm_head.weight.device).eval()
