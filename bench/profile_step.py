@@ -1,4 +1,7 @@
-"""一步蒸馏训练的时间花在哪里：把 kd_step 的一步拆成几部分分别计时（CUDA event），再用 torch.profiler 列出最耗时的 kernel。
+"""一步蒸馏训练的时间花在哪里：把 kd_step 的一步拆成几部分分别计时，再用 torch.profiler 列出最耗时的 kernel。
+
+每部分给两个数：墙钟（CUDA event，含 CPU 发射 kernel 的时间）和 GPU 上 kernel 实际运行的时间之和。
+前者明显大于后者，说明这部分卡在 CPU（Python 和 kernel 发射开销）而不是 GPU 上。
 
     python bench/profile_step.py [--batch 8] [--seq 512] [--compile-modes 1 0] [--top 25]
 """
@@ -22,6 +25,32 @@ def cuda_ms(fn, reps=10, warmup=3):
     return sorted(times)[len(times) // 2]
 
 
+def kernel_ms(fn, reps=3):
+    "fn 一次调用里 GPU kernel 运行时间之和（毫秒，reps 次的平均；不含 kernel 之间 GPU 空闲的时间）"
+    from torch.profiler import profile, ProfilerActivity
+    fn(); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps): fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA) / reps / 1000
+
+
+def timed(name, fn, reps=10):
+    return (name, cuda_ms(fn, reps), kernel_ms(fn))
+
+
+def step_without_host_sync(tr):
+    "训练器一步里的全部 GPU 工作（教师前向、学生前向与反向、裁剪、AdamW），但不把损失拷回 CPU，因此不必等 GPU"
+    ids, labels = tr._to_device(tr._next_batch())
+    tr.optimizer.zero_grad(set_to_none=True)
+    teacher_out = tr._teacher_forward(ids)
+    with tr._autocast(): loss, _ = tr.model(ids, labels, teacher_out)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(tr.student.parameters(), tr.config.gradient_clip)
+    tr.optimizer.step()
+
+
 def main(args):
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -38,11 +67,19 @@ def main(args):
         teacher_fn, student_fn = wrap(lambda x: teacher_hidden_and_head(teacher, x)), wrap(student.hidden_states)
         def teacher_fwd():
             with torch.inference_mode(), ac(): return teacher_fn(ids)
-        rows.append((f"teacher forward, compiled={compiled}", cuda_ms(teacher_fwd)))
+        rows.append(timed(f"teacher forward, compiled={compiled}", teacher_fwd))
         def student_fb():
             with ac(): h = student_fn(ids)
             h.float().square().mean().backward()
-        rows.append((f"student hidden fwd+bwd, compiled={compiled}", cuda_ms(student_fb)))
+        rows.append(timed(f"student hidden fwd+bwd, compiled={compiled}", student_fb))
+    # CUDA graph 把整段 kernel 录下来一次发射，省掉逐个 kernel 的 CPU 开销
+    student_graph = torch.compile(student.hidden_states, mode="reduce-overhead")
+    def student_fb_graph():
+        torch.compiler.cudagraph_mark_step_begin()
+        with ac(): h = student_graph(ids)
+        h.float().square().mean().backward()
+        student.zero_grad(set_to_none=True)
+    rows.append(timed("student hidden fwd+bwd, compiled, CUDA graphs", student_fb_graph))
     student.zero_grad(set_to_none=True)
 
     with torch.inference_mode(), ac(): th, tw = teacher_hidden_and_head(teacher, ids)
@@ -56,7 +93,7 @@ def main(args):
                     loss, _ = chunked_distillation_loss(h, student.lm_head.weight, labels, th, tw, chunk_size=chunk,
                                                         compiled=compiled)
                 loss.backward()
-            rows.append((f"chunked loss fwd+bwd (chunk {chunk}, compiled={compiled})", cuda_ms(chunked)))
+            rows.append(timed(f"chunked loss fwd+bwd (chunk {chunk}, compiled={compiled})", chunked))
 
     def naive():
         h = h0.clone().requires_grad_()
@@ -65,28 +102,29 @@ def main(args):
             with torch.no_grad(): t_logits = th @ tw.T
             loss, _ = distillation_loss(s_logits, t_logits, labels)
         loss.backward()
-    rows.append(("naive loss fwd+bwd (bf16 logits, fp32 loss)", cuda_ms(naive, reps=5)))
+    rows.append(timed("naive loss fwd+bwd (bf16 logits, fp32 loss)", naive, reps=5))
 
     opt = build_optimizer(student, TrainingConfig())
     for p in student.parameters(): p.grad = torch.randn_like(p) * 1e-3
     def optim():
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0); opt.step()
-    rows.append(("clip_grad_norm + AdamW step", cuda_ms(optim)))
+    rows.append(timed("clip_grad_norm + AdamW step", optim))
 
     # 只看几个张量运算的带宽：一次 (N, V) float32 读写要多久
     x = torch.randn(B * T, V, device=dev)
-    rows.append((f"one fp32 elementwise pass over ({B * T}, {V})", cuda_ms(lambda: x.mul_(1.0))))
-    rows.append(("fp32 log_softmax over the same", cuda_ms(lambda: torch.log_softmax(x, -1))))
+    rows.append(timed(f"one fp32 elementwise pass over ({B * T}, {V})", lambda: x.mul_(1.0)))
+    rows.append(timed("fp32 log_softmax over the same", lambda: torch.log_softmax(x, -1)))
     hb, wb = h0.reshape(-1, h0.size(-1)).to(torch.bfloat16), student.lm_head.weight.to(torch.bfloat16)
-    rows.append((f"student lm_head matmul bf16 (N,d)x(d,{V})", cuda_ms(lambda: hb @ wb.T)))
+    rows.append(timed(f"student lm_head matmul bf16 (N,d)x(d,{V})", lambda: hb @ wb.T))
     wp = F.pad(wb, (0, 0, 0, -V % 128))
-    rows.append((f"same, rows padded to {wp.size(0)}", cuda_ms(lambda: hb @ wp.T)))
+    rows.append(timed(f"same, rows padded to {wp.size(0)}", lambda: hb @ wp.T))
     hf, wf = hb.float(), wb.float()
-    rows.append(("same, fp32 (no tf32)", cuda_ms(lambda: hf @ wf.T)))
+    rows.append(timed("same, fp32 (no tf32)", lambda: hf @ wf.T))
     del x
 
     print(f"\n{torch.cuda.get_device_name(dev)}, batch {B} x {T}, torch {torch.__version__}")
-    for name, ms in rows: print(f"{name:<55} {ms:8.2f} ms")
+    print(f"{'':<55} {'wall':>8} {'kernels':>8}")
+    for name, wall, gpu in rows: print(f"{name:<55} {wall:8.2f} {gpu:8.2f} ms")
 
     # 整个训练器的一步：profiler 的 kernel 排行
     from torch.utils.data import DataLoader
@@ -101,6 +139,11 @@ def main(args):
         torch.cuda.synchronize(); t = time.perf_counter()
         for _ in range(10): tr._train_step()
         torch.cuda.synchronize(); wall = (time.perf_counter() - t) / 10 * 1000
+        t = time.perf_counter()
+        for _ in range(10): step_without_host_sync(tr)
+        cpu = (time.perf_counter() - t) / 10 * 1000
+        torch.cuda.synchronize(); wall_nosync = (time.perf_counter() - t) / 10 * 1000
+        print(f"\n同样的工作不每步等 GPU（连发 10 步）：CPU 发射 {cpu:.1f} ms/step，墙钟 {wall_nosync:.1f} ms/step")
         from torch.profiler import profile, ProfilerActivity
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(3): tr._train_step()

@@ -131,28 +131,38 @@ def _divergence_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta
         return _kl(logp, M), _softmax_grad(q, -(1 - lam) * (logp - M).exp())   # a = −(1−λ) p/M
     raise ValueError(f"未知的散度 kind={kind!r}，可选：{LOSS_KINDS}")
 
-def _chunk_loss_grad(z, t, y, alpha, temperature, kind, beta, lam, want_grad, pad_to):
-    """一块 token 的 (散度之和, CE 之和, g)。z: (C, V) 学生 logits；t: (C, V) 教师 logits 或 None（纯 CE）；
-    y: (C,) 标签。g = n · ∂L/∂z（n 是整个批的有效 token 数，1/n 留到累加完再乘，fp16 下也不会下溢），
-    右边补零到 pad_to 列，dtype 与 z 相同；want_grad=False 时 g 为 None。损失在 float32 中计算。"""
+_MASKED_LOGIT = -1e4   # 补出来的词表列的 logit：exp(−10⁴/T) 在 float32 里就是 0
+
+def _log_softmax_shifted(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    "x 已减去行最大值（每行最大为 0）：log_softmax(x/T) = x/T − log Σ exp(x/T)，和式 ≥ 1，不会上溢也不会 log 0"
+    u = x / temperature
+    return u - u.exp().sum(-1, keepdim=True).log()
+
+def _chunk_loss_grad(z, t, y, alpha, temperature, kind, beta, lam, want_grad, vocab):
+    """一块 token 的 (散度之和, CE 之和, g)。z: (C, V₊) 学生 logits；t: (C, V₊) 教师 logits 或 None（纯 CE）；
+    y: (C,) 标签；只有前 vocab 列是真实词表，其余列（LM head 补出来的行）不参与 softmax，g 里这些列为 0。
+    g = n · ∂L/∂z（n 是整个批的有效 token 数，1/n 留到累加完再乘，fp16 下也不会下溢），dtype 与 z 相同；
+    want_grad=False 时 g 为 None。损失在 float32 中计算。"""
     valid, mm_dtype = y != IGNORE_INDEX, z.dtype
     y0 = torch.where(valid, y, 0)                                     # 被忽略的位置随便放一个合法 id，下面乘 valid 清零
-    z = _fp32(z)
-    log_s = torch.log_softmax(z, -1)                                  # T = 1 的学生 log 概率（CE 用）
+    real = torch.arange(z.size(1), device=z.device) < vocab          # 真实词表的列
+    z = torch.where(real, _fp32(z), _MASKED_LOGIT)
+    z = z - z.amax(-1, keepdim=True)                                  # 减去行最大值；T > 0 时 max(z/T) = max(z)/T，两个温度共用
+    log_s = _log_softmax_shifted(z, 1.0)                              # T = 1 的学生 log 概率（CE 用）
     ce = -(log_s.gather(1, y0[:, None]).squeeze(1) * valid).sum()
     kl = z.new_zeros(())
     if want_grad:
         onehot = torch.arange(z.size(1), device=z.device) == y0[:, None]
         g = (1 - alpha) * (log_s.exp() - onehot.float())              # (1−α)(softmax(z) − e_y)
     if t is not None:
-        logq = torch.log_softmax(z / temperature, -1)
-        logp = torch.log_softmax(_fp32(t) / temperature, -1)
+        t = torch.where(real, _fp32(t), _MASKED_LOGIT)
+        logq = _log_softmax_shifted(z, temperature)
+        logp = _log_softmax_shifted(t - t.amax(-1, keepdim=True), temperature)
         d, grad_u = _divergence_and_grad(logq, logp, kind, beta, lam)
         kl = (d * valid).sum()
         if want_grad: g = g + alpha * temperature * grad_u            # α T² · (1/T) ∇_u D
     if not want_grad: return kl, ce, None
-    g = g * valid[:, None]                                            # 被忽略的 token 整行为 0
-    return kl, ce, F.pad(g, (0, pad_to - z.size(1))).to(mm_dtype)   # 补零列对应 W 的补零行
+    return kl, ce, (g * valid[:, None]).to(mm_dtype)                  # 被忽略的 token 整行为 0
 
 # %% ../nbs/07_distill.ipynb #642875f8
 _ROW_MULTIPLE = 128   # LM head 权重的行数补到它的倍数，矩阵乘法才能用对齐的快速 kernel
@@ -181,7 +191,7 @@ class _ChunkedDistillLoss(torch.autograd.Function):
         dtype = _matmul_dtype(s_hidden.device.type, s_weight.dtype)
         n = (labels != IGNORE_INDEX).sum().clamp(min=1)
         w = _pad_rows(s_weight.detach().to(dtype))                      # 学生 LM head (V₊, d)，V₊ 是 128 的倍数
-        tw = None if t_hidden is None else _pad_rows(t_weight.detach().to(dtype))   # 教师 LM head (V_t₊, d_t)
+        tw = None if t_hidden is None else _pad_rows(t_weight.detach()[:V].to(dtype))   # 教师 LM head 切到学生词表再补齐 (V₊, d_t)
         acc_dtype = torch.promote_types(dtype, torch.float32)           # 梯度和损失在至少 float32 中累加
         g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
         g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
@@ -190,9 +200,9 @@ class _ChunkedDistillLoss(torch.autograd.Function):
         with torch.autocast(s_hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
                 h = s_hidden[i:i + chunk].detach().to(dtype)            # (C, d)
-                z = (h @ w.T)[:, :V]                                    # 这一块的学生 logits (C, V)
-                t = None if tw is None else (t_hidden[i:i + chunk].detach().to(dtype) @ tw.T)[:, :V]   # 教师切到学生词表
-                kl_c, ce_c, g = step(z, t, labels[i:i + chunk], alpha, temperature, kind, beta, lam, want_grad, w.size(0))
+                z = h @ w.T                                             # 这一块的学生 logits (C, V₊)，后 V₊−V 列在损失里遮掉
+                t = None if tw is None else t_hidden[i:i + chunk].detach().to(dtype) @ tw.T   # 教师 logits (C, V₊)
+                kl_c, ce_c, g = step(z, t, labels[i:i + chunk], alpha, temperature, kind, beta, lam, want_grad, V)
                 if want_grad:
                     g_h[i:i + chunk] = g @ w                            # n·∂L/∂h = g W
                     g_w += g.T @ h                                      # n·∂L/∂W += gᵀ h
