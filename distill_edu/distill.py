@@ -570,7 +570,8 @@ class DistillationTrainer:
     def _log(self, acc: dict, n: int, seconds: float):
         "把 log_interval 内的平均值写进 history，并打印一行 nanoGPT 风格的日志"
         tok_s = acc["tokens"] / max(seconds, 1e-9)
-        mfu = self.flops_per_token * tok_s / self.peak_flops if self.peak_flops else None
+        # tok_s 是所有卡加起来的吞吐，MFU 按每张卡算：除以 world 张卡的峰值之和
+        mfu = self.flops_per_token * tok_s / (self.peak_flops * self.world) if self.peak_flops else None
         row = {"step": self.step, "train_loss": acc["loss"] / n, "kl_loss": acc["kl"] / n, "ce_loss": acc["ce"] / n,
                "lr": acc["lr"], "grad_norm": acc["grad_norm"] / n, "tokens_per_sec": tok_s, "mfu": mfu}
         for k, v in row.items(): self.history[k].append(v)

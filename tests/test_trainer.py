@@ -477,3 +477,14 @@ def test_mixed_precision_paths_on_cpu(tmp_path, teacher_dir):
     resumed = make_trainer(tmp_path / "fp16b", teacher, max_steps=3, precision="fp16", log_interval=1)
     resumed.load_checkpoint(runs["fp16"][0].checkpoint_path)
     assert resumed.scaler.get_scale() == runs["fp16"][0].scaler.get_scale()
+
+
+def test_mfu_is_per_gpu_when_data_parallel(tmp_path):
+    "日志里的 tokens/s 是所有卡的总和；MFU 要除以所有卡的峰值之和，否则 2 卡时报出的 MFU 翻倍"
+    tr = make_trainer(tmp_path, alpha=0.0)
+    tr.peak_flops = 1e12                                                # CPU 上查不到峰值，这里给一个
+    acc = {"loss": 1.0, "kl": 0.0, "ce": 1.0, "lr": 1e-3, "grad_norm": 1.0, "tokens": 1000}
+    for world in (1, 2):
+        tr.world = world
+        tr._log(acc, n=1, seconds=1.0)
+        assert tr.history["mfu"][-1] == pytest.approx(tr.flops_per_token * 1000 / (1e12 * world))
