@@ -39,13 +39,16 @@ def kd_step_targets(r) -> str:
             f"MFU {100 * d['mfu']:.1f}%（目标 ≥ 35%，{check(d['mfu'] >= 0.35)}）；"
             f"相对朴素参考 {d['speedup']}×（目标 ≥ 3×，{check(d['speedup'] >= 3)}）。"
             + (f"不编译时（eager）{eager['speedup']}×、{eager['peak_mem_gib']} GiB：分块本身只省显存，速度来自编译。" if eager else "")
-            + "\n\n时间花在哪里（`bench/profile_step.py`，原始输出在 `bench/results/raw/profile_step_*.log`）："
-            "这一版之前，分块损失里 LM head 的三次矩阵乘是 fp32、而且词表 151665 是奇数，cuBLAS 只能用不对齐的慢 kernel，"
-            "损失部分占了一步的一半以上；现在 LM head 乘法跟随 autocast 用 bf16、权重行数补到 128 的倍数，"
-            "逐块的损失与梯度是手推公式、经 torch.compile 融合，教师前向和学生主干也编译。"
-            "剩下的差距主要在两处：对 15 万词表的 softmax/KL 逐元素运算（按定义不计入 MFU 的 FLOPs，却要多遍读写显存）"
-            "和 d=512 的学生层里很小的矩阵乘（喂不满 GPU）。同一套代码预训练 0.5B 结构的教师（d=896、无教师前向）时 MFU "
-            "约 36%，见 `bench/results/raw/teacher_h100.log`。\n")
+            + "\n\n时间花在哪里（`bench/profile_step.py` 把每部分的墙钟和 GPU kernel 时间并排列出，"
+            "原始输出在 `bench/results/raw/profile_step_*.log`）：最早的分块损失里 LM head 的三次矩阵乘是 fp32，词表 151665 "
+            "又是奇数，cuBLAS 只能用不对齐的慢 kernel；现在 LM head 跟随 autocast 用 bf16、权重行补到 128 的倍数，补出来的列"
+            "在损失里遮掉而不是切片再补零，逐块的损失与梯度是手推公式、经 torch.compile 融合。编译后的学生前向 + 反向在 GPU 上"
+            "只有约 6.5 ms 的 kernel，CPU 逐个发射却要 20 多毫秒，所以单卡不累积梯度时学生用 CUDA graph（mode=\"reduce-overhead\"），"
+            "一步的 CPU 时间从约 40 ms 降到约 24 ms，整步受 GPU 限制（约 29 ms 的 kernel，"
+            "`bench/check_cuda_graphs.py` 在 GPU 上检查它不改变训练结果）。离 35% MFU 还差的部分主要是：每块 logits 上的归约 kernel"
+            "（torch.compile 生成的 kernel 把每块 logits 读 6 遍，按定义不计入 MFU 的 FLOPs）、每块一次的 float32 `g_w +=`、"
+            "d=512 学生里喂不满 GPU 的小矩阵乘，以及每步一次等 GPU（NaN 检查要读回损失）留下的约 2 ms 空档。"
+            "同一套代码预训练 0.5B 结构的教师（d=896、无教师前向）时 MFU 约 36%，见 `bench/results/raw/teacher_h100.log`。\n")
 
 
 def steady_step_seconds(curve) -> float:
@@ -127,7 +130,8 @@ def sections():
     if (r := load("ddp")):
         top = r["rows"][-1]
         out.append(("多卡数据并行", provenance(r) + table(r["rows"], ["gpus", "tokens_per_sec", "speedup", "peak_mem_gib"])
-                    + f"\n目标 {top['gpus']} 卡 ≥ 1.8×：{check(top['speedup'] >= 1.8)}。\n"))
+                    + f"\n目标 {top['gpus']} 卡 ≥ 1.8×：{check(top['speedup'] >= 1.8)}。每张卡 batch 8 × 512。"
+                    "单卡时学生用 CUDA graph，多卡（DDP）时训练器不用它，所以加速比是相对单卡最快的设置算的。\n"))
     gen = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("generate_*.json"))]
     if gen:
         rows = [{**row, "device": r["device_name"], "dtype": r["dtype"], "threads": r.get("threads")} for r in gen for row in r["rows"]]

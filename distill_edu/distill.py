@@ -446,7 +446,7 @@ class DistillationTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.compiled = config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
         # CUDA graph 把学生前向、反向的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个 kernel 在 GPU 上
-        # 只跑几微秒，逐个发射的 CPU 开销反而更大（H100 上前向+反向墙钟约 27 ms，kernel 只占约 6.5 ms）。
+        # 只跑几微秒，逐个发射的 CPU 开销反而更大（H100 上前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
         # 重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开；
         # 多卡（DDP）时也不开：没有验证过
         cuda_graphs = self.compiled and config.grad_accum_steps == 1 and self.world == 1
