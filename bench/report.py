@@ -125,7 +125,8 @@ def sections():
     if (r := load("kd_step")):
         rows = [{**x, "mfu": f"{100 * x['mfu']:.1f}%"} for x in r["rows"]]
         out.append(("一步蒸馏训练（123M 学生 + 0.5B 结构教师，batch %d × %d，bf16）" % (r["batch"], r["seq"]),
-                    provenance(r) + f"实测 bf16 矩阵乘峰值 {r['measured_bf16_peak_tflops']} TFLOP/s（MFU 的分母）。\n\n"
+                    provenance(r) + f"实测 bf16 矩阵乘峰值 {r['measured_bf16_peak_tflops']} TFLOP/s（MFU 的分母；"
+                    "训练日志里的 MFU 按 nanoGPT 的习惯用显卡的标称峰值，H100 是 989 TFLOP/s，所以读数比这里低）。\n\n"
                     + table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup"])
                     + kd_step_targets(r)))
     if (runs := kd_runs()):
