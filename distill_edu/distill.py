@@ -60,11 +60,14 @@ def _check_loss_args(alpha, temperature, kind, beta=0.5, lam=0.1):
     if not 0 <= beta <= 1: raise ValueError(f"jsd_beta 必须在 [0, 1] 内，收到 beta={beta!r}")
     if not 0 <= lam <= 1: raise ValueError(f"skew_lambda 必须在 [0, 1] 内，收到 lam={lam!r}")
 
+def _check_teacher_rows(rows: int, student_vocab: int):
+    "教师的输出行数必须 ≥ 学生词表（多出来的是填充行，切掉即可）；少了说明两者不是同一套分词器"
+    if rows < student_vocab:
+        raise ValueError(f"教师只有 {rows} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
+
 def slice_teacher_vocab(teacher_logits: torch.Tensor, student_vocab: int) -> torch.Tensor:
     "把教师 logits (..., V_t) 切到学生词表 (..., V_s)；V_t < V_s 时说明两者不是同一套分词器，直接报错"
-    v_t = teacher_logits.size(-1)
-    if v_t < student_vocab:
-        raise ValueError(f"教师只有 {v_t} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
+    _check_teacher_rows(teacher_logits.size(-1), student_vocab)
     return teacher_logits[..., :student_vocab]
 
 def _loss_sums(s_logits, t_logp, labels, temperature, kind, beta, lam):
@@ -236,8 +239,7 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_head_weight:
     if alpha > 0 and (teacher_hidden is None or teacher_head_weight is None):
         raise ValueError(f"alpha={alpha} > 0 需要教师隐藏状态和 LM head 权重，收到 None")
     if alpha == 0: teacher_hidden = teacher_head_weight = None          # 纯 CE：不碰教师
-    elif teacher_head_weight.size(0) < V:
-        raise ValueError(f"教师只有 {teacher_head_weight.size(0)} 个输出行，少于学生词表 {V}：两者的分词器不一致，无法蒸馏")
+    else: _check_teacher_rows(teacher_head_weight.size(0), V)
     h = student_hidden.reshape(-1, student_hidden.size(-1))
     th = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.size(-1))
     want_grad = torch.is_grad_enabled() and (h.requires_grad or student_head_weight.requires_grad)
@@ -261,9 +263,7 @@ def teacher_vocab_rows(model) -> int:
 
 def check_vocab(teacher, student_vocab: int, tokenizer=None):
     "教师输出行数必须 ≥ 学生词表；给了分词器时，len(tokenizer) 必须等于学生词表。不满足时抛出点名的 ValueError"
-    rows = teacher_vocab_rows(teacher)
-    if rows < student_vocab:
-        raise ValueError(f"教师只有 {rows} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
+    _check_teacher_rows(teacher_vocab_rows(teacher), student_vocab)
     if tokenizer is not None and len(tokenizer) != student_vocab:
         raise ValueError(f"分词器有 {len(tokenizer)} 个 token，学生词表却是 {student_vocab}：请用同一套分词器")
 
