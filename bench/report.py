@@ -51,6 +51,11 @@ def kd_step_targets(r) -> str:
             "同一套代码预训练 0.5B 结构的教师（d=896、无教师前向）时 MFU 约 36%，见 `bench/results/raw/teacher_h100.log`。\n")
 
 
+def by_model(r) -> dict:
+    "kd_experiment 结果的各行，按 model 名字索引"
+    return {x["model"]: x for x in r["rows"]}
+
+
 def steady_step_seconds(curve) -> float:
     "稳态每步秒数：各评估段用时的中位数，去掉第一段（它含 torch.compile 的一次性编译）"
     s = [p["seconds"] for p in curve]
@@ -60,15 +65,13 @@ def steady_step_seconds(curve) -> float:
 
 def kd_conclusion(runs, ce_long=None) -> str:
     "从各种子的结果里算出结论的措辞，不手写数字。runs: 各种子的 kd_experiment*.json；ce_long: 加长的 CE 基线"
-    def ratio(r_, arm):
-        f = {x["model"]: x for x in r_["rows"]}
-        return f[arm]["val_ppl"] / f["ce_baseline"]["val_ppl"]
+    def ratio(r_, arm): return by_model(r_)[arm]["val_ppl"] / by_model(r_)["ce_baseline"]["val_ppl"]
     fmt = lambda arm: " / ".join(f"{ratio(r_, arm):.2f}" for r_ in runs)
     def verdict(arm):
         rs = [ratio(r_, arm) for r_ in runs]
         return "**胜过**" if max(rs) < 1 else "**没有胜过**" if min(rs) > 1 else "在不同种子上时好时坏，不能说胜过"
     r = runs[0]
-    kd_t1 = {x["model"]: x for x in r["rows"]}["kd_forward_kl_T1"]
+    kd_t1 = by_model(r)["kd_forward_kl_T1"]
     best = all(max((x for x in r_["rows"] if "top1_agreement" in x), key=lambda x: x["top1_agreement"])["model"]
                    == "kd_forward_kl_T1" for r_ in runs)
     agree = "与教师的 top-1 一致率也是各学生里最高的" if best else "但与教师的 top-1 一致率不是各学生里最高的"
@@ -83,7 +86,7 @@ def kd_conclusion(runs, ce_long=None) -> str:
         c, n = ce_long["curves"]["ce_baseline"], r["student_steps"]
         at = [p for p in c if p["step"] <= n * cost][-1]
         same_step = next(p for p in c if p["step"] == n)
-        ce = {x["model"]: x for x in r["rows"]}["ce_baseline"]
+        ce = by_model(r)["ce_baseline"]
         text += (f"把同样的时间花在纯 CE 上：另跑一条 {ce_long['student_steps']} 步的基线，它第 {at['step']} 步时"
                  f"（稳态用时与蒸馏学生 {n} 步相当）困惑度是 {at['val_ppl']:.2f}，远好于蒸馏学生的 {kd_t1['val_ppl']:.2f}。"
                  f"这条加长的基线在第 {n} 步时是 {same_step['val_ppl']:.2f}，按 {n} 步计划训完的基线是 {ce['val_ppl']:.2f}"
@@ -108,7 +111,7 @@ def kd_section(runs, ce_long, earlier) -> str:
             "表里其余学生用的是同一个教师（`raw/teacher_h100_run2.log`）。各臂的逐段曲线在 `raw/arms_h100/`。\n")
     out += kd_conclusion(runs, ce_long) + "\n![验证困惑度曲线（种子 0）](bench/results/kd_curves.png)\n"
     if earlier:
-        f = {x["model"]: x for x in earlier["rows"]}
+        f = by_model(earlier)
         out += ("\n**更早的一次运行（另一个教师，含反向 KL）**：" + provenance(earlier) + table(earlier["rows"], cols)
                 + f"\n反向 KL（T=2）与前向 KL（T=2）几乎一样（{f['kd_reverse_kl']['val_ppl']} vs {f['kd_forward_kl']['val_ppl']}），"
                   f"都不如基线（{f['ce_baseline']['val_ppl']}）。那时还没有编译和 bf16 的 LM head，墙钟时间不可与上表比较。\n")
