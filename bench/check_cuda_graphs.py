@@ -1,15 +1,16 @@
 """CUDA graph 只在 GPU 上起作用，CI 测不到：这里在 GPU 上检查它不改变训练结果。
 
-同一个种子、同一批数据，训练器默认的学生（单卡、不累积梯度时用 CUDA graph）与只编译不录图的学生各训练 5 步，
+同一个种子、同一批数据，训练器的默认设置（单卡、不累积梯度时学生和教师都用 CUDA graph）与只编译不录图的设置各训练 5 步，
 比较每步的损失和最后的参数（bf16 训练，两者只差浮点误差）。
 
     python bench/check_cuda_graphs.py
 """
+import functools
 import torch
 from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.distill import DistillationTrainer, _StudentLoss
+from distill_edu.distill import DistillationTrainer, _StudentLoss, teacher_hidden_and_head
 from kd_step import RandomTokens, teacher_model
 
 if __name__ == "__main__":
@@ -24,6 +25,7 @@ if __name__ == "__main__":
                              save_interval=10**6, eval_interval=10**6, checkpoint_dir="/tmp/check_cuda_graphs")
         tr = DistillationTrainer(student, teacher, DataLoader(data, batch_size=8), None, cfg, dev, progress=False)
         if not graphs: tr.model = tr.loss_module = _StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
+        if not graphs: tr.teacher_fn = torch.compile(functools.partial(teacher_hidden_and_head, teacher))
         losses = [tr._train_step()["loss"] for _ in range(5)]
         results.append((losses, torch.cat([p.detach().float().flatten() for p in student.parameters()])))
         print("cuda_graphs" if graphs else "compile only", [round(x, 5) for x in losses])

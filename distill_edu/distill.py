@@ -184,6 +184,80 @@ def _compiled_chunk_loss_grad():
     "torch.compile 过的 `_chunk_loss_grad`（进程内只建一次；真正的编译发生在第一次调用时）"
     return torch.compile(_chunk_loss_grad, dynamic=False)
 
+# %% ../nbs/07_distill.ipynb #241ad8e7
+try: import triton, triton.language as tl
+except ImportError: triton = None                   # 纯 CPU 的安装可以没有 Triton：那时只用上面的 PyTorch 实现
+
+if triton is not None:
+    @triton.jit
+    def _forward_kl_ce_kernel(z_ptr, t_ptr, y_ptr, g_ptr, kl_ptr, ce_ptr, row_stride, V, V_pad, alpha, T,
+                              HAS_T: tl.constexpr, WANT_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)                          # 这个程序负责第 row 行（一个 token）
+        z_row, t_row, g_row = z_ptr + row * row_stride, t_ptr + row * row_stride, g_ptr + row * row_stride
+        y = tl.load(y_ptr + row)
+        valid = y != -100                                            # IGNORE_INDEX
+        y = tl.where(valid, y, 0)
+        inv_T = 1.0 / T
+        # 第一遍：在线求 max 与指数和。m_z, s_1：学生 T=1；s_zT：学生温度 T（与 T=1 共用 m_z）；m_t, s_tT：教师温度 T
+        m_z = -float("inf"); s_1 = 0.0; s_zT = 0.0; m_t = -float("inf"); s_tT = 0.0
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            z = tl.load(z_row + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m_z, tl.max(z, 0))                   # m' = max(m, 这段的最大值)
+            s_1 = s_1 * tl.exp(m_z - m_new) + tl.sum(tl.exp(z - m_new), 0)            # s' = s·e^{m−m'} + Σ e^{x−m'}
+            s_zT = s_zT * tl.exp((m_z - m_new) * inv_T) + tl.sum(tl.exp((z - m_new) * inv_T), 0)
+            m_z = m_new
+            if HAS_T:
+                t = tl.load(t_row + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+                m_new = tl.maximum(m_t, tl.max(t, 0))
+                s_tT = s_tT * tl.exp((m_t - m_new) * inv_T) + tl.sum(tl.exp((t - m_new) * inv_T), 0)
+                m_t = m_new
+        lse_1 = m_z + tl.log(s_1)                                    # L₁ = log Σ e^{z}
+        lse_z = m_z * inv_T + tl.log(s_zT)                           # L_z = log Σ e^{z/T}
+        ce = lse_1 - tl.load(z_row + y).to(tl.float32)               # CE = L₁ − z_y
+        kl = 0.0
+        if HAS_T or WANT_GRAD:
+            # 第二遍：逐元素的 log q、log p，累加 D，写出 g；一直走到 V_pad，补出来的列写 0
+            for start in range(0, V_pad, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                real = cols < V
+                z = tl.load(z_row + cols, mask=real, other=-float("inf")).to(tl.float32)
+                g = (1 - alpha) * (tl.exp(z - lse_1) - (cols == y).to(tl.float32))    # (1−α)(softmax(z) − e_y)
+                if HAS_T:
+                    t = tl.load(t_row + cols, mask=real, other=-float("inf")).to(tl.float32)
+                    log_q = z * inv_T - lse_z                        # log q = z/T − L_z
+                    log_p = t * inv_T - (m_t * inv_T + tl.log(s_tT))   # log p = t/T − L_t
+                    p = tl.exp(log_p)
+                    kl += tl.sum(tl.where(real, p * (log_p - log_q), 0.0), 0)   # D = Σ p (log p − log q)
+                    g += alpha * T * (tl.exp(log_q) - p)             # + α T (q − p)
+                if WANT_GRAD:
+                    g = tl.where(valid & real, g, 0.0)               # 被忽略的 token、补出来的列：梯度为 0
+                    tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=cols < V_pad)
+        tl.store(kl_ptr + row, tl.where(valid, kl, 0.0))
+        tl.store(ce_ptr + row, tl.where(valid, ce, 0.0))
+
+def _forward_kl_ce_triton(z, t, y, alpha, temperature, kind, beta, lam, want_grad, vocab):
+    "与 `_chunk_loss_grad` 的参数和返回值相同，只支持 kind='forward_kl'（或 t=None 的纯 CE）；z、t 需在 GPU 上且行连续"
+    if t is not None and kind != "forward_kl": raise ValueError(f"Triton kernel 只实现了前向 KL，收到 kind={kind!r}")
+    z, y = z.contiguous(), y.contiguous()
+    t = z if t is None else t.contiguous()                           # 纯 CE 时 t 不会被读，传 z 占位
+    g = torch.empty_like(z) if want_grad else z                      # 不求梯度时 g 不会被写
+    kl, ce = (torch.empty(z.size(0), device=z.device, dtype=torch.float32) for _ in range(2))
+    _forward_kl_ce_kernel[(z.size(0),)](z, t, y, g, kl, ce, z.stride(0), vocab, z.size(1), alpha, temperature,
+                                        HAS_T=t is not z, WANT_GRAD=want_grad, BLOCK=2048, num_warps=4)
+    return kl.sum(), ce.sum(), (g if want_grad else None)
+
+def _fused_chunk_loss_grad(kind: str, alpha: float, device: torch.device):
+    "compile=True 时每块用的实现：GPU 上的前向 KL 与纯 CE（α=0）用 Triton kernel，其余用 torch.compile 融合的 `_chunk_loss_grad`"
+    if triton is not None and device.type == "cuda" and (kind == "forward_kl" or alpha == 0): return _forward_kl_ce_triton
+    return _compiled_chunk_loss_grad()
+
+# %% ../nbs/07_distill.ipynb #2a2a79b9
+def _add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    "acc += a @ b，acc 的精度可以比 a、b 高（float32 累加 bf16 的乘积）；CUDA 上由 cuBLAS 直接累加进 acc"
+    if acc.is_cuda and acc.dtype != a.dtype: return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    return acc.add_(a @ b)
+
 class _ChunkedDistillLoss(torch.autograd.Function):
     "分块蒸馏损失：前向逐块计算 logits、损失以及对隐藏状态和 LM head 权重的梯度，反向直接返回这些梯度"
 
@@ -199,7 +273,7 @@ class _ChunkedDistillLoss(torch.autograd.Function):
         g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
         g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
         kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
-        step = _compiled_chunk_loss_grad() if compiled else _chunk_loss_grad
+        step = _fused_chunk_loss_grad(kind, alpha, s_hidden.device) if compiled else _chunk_loss_grad
         with torch.autocast(s_hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
                 h = s_hidden[i:i + chunk].detach().to(dtype)            # (C, d)
@@ -208,7 +282,7 @@ class _ChunkedDistillLoss(torch.autograd.Function):
                 kl_c, ce_c, g = step(z, t, labels[i:i + chunk], alpha, temperature, kind, beta, lam, want_grad, V)
                 if want_grad:
                     g_h[i:i + chunk] = g @ w                            # n·∂L/∂h = g W
-                    g_w += g.T @ h                                      # n·∂L/∂W += gᵀ h
+                    _add_matmul_(g_w, g.T, h)                           # n·∂L/∂W += gᵀ h
                 kl_sum += kl_c; ce_sum += ce_c
                 del z, t, g                                             # 下一块开始前释放这一块的 (C, V) 张量
         if want_grad: ctx.save_for_backward(g_h / n, g_w[:V] / n)
@@ -232,7 +306,8 @@ def chunked_distillation_loss(student_hidden: torch.Tensor, student_head_weight:
     student_hidden: (B, T, d) 学生最后一层归一化后的隐藏状态（LM head 之前）；student_head_weight: (V_s, d)；
     teacher_hidden: (B, T, d_t)，teacher_head_weight: (V_t, d_t)，V_t ≥ V_s（α=0 时两者可为 None）；
     labels: (B, T) long。LM head 的乘法跟随 autocast 的 dtype，损失在 float32 中计算，每块 chunk_size 个 token；
-    compiled=True 时逐块的损失与梯度经 torch.compile 融合。返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
+    compiled=True 时逐块的损失与梯度用融合的 kernel（GPU 上的前向 KL / 纯 CE 用 5.3 节的 Triton kernel，其余散度用
+    torch.compile）。返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
     _check_loss_args(alpha, temperature, kind, beta, lam)
     if chunk_size <= 0: raise ValueError(f"chunk_size 必须是正整数，收到 {chunk_size!r}")
     V = student_head_weight.size(0)
@@ -445,8 +520,8 @@ class DistillationTrainer:
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.compiled = config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
-        # CUDA graph 把学生前向、反向的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个 kernel 在 GPU 上
-        # 只跑几微秒，逐个发射的 CPU 开销反而更大（H100 上前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
+        # CUDA graph 把学生前向、反向（以及教师前向）的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个
+        # kernel 在 GPU 上只跑几微秒，逐个发射的 CPU 开销反而更大（H100 上前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
         # 重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开；
         # 多卡（DDP）时也不开：没有验证过
         cuda_graphs = self.compiled and config.grad_accum_steps == 1 and self.world == 1
@@ -454,7 +529,7 @@ class DistillationTrainer:
         if self.teacher is not None:
             fn = teacher_hidden_and_head if config.loss_chunk_size > 0 else model_logits
             self.teacher_fn = functools.partial(fn, self.teacher)
-            if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn)
+            if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn, mode="reduce-overhead" if cuda_graphs else None)
         self.model = self.loss_module
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP

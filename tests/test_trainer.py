@@ -228,6 +228,28 @@ def test_compiled_chunk_loss_equals_eager(kind):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_triton_kernel_matches_torch_under_the_interpreter():
+    "5.3 节的 Triton kernel（前向 KL + CE）在 Triton 解释器里跑 CPU 张量，损失与梯度 == `_chunk_loss_grad`"
+    import subprocess, sys
+    script = os.path.join(os.path.dirname(__file__), "triton_interpret_check.py")
+    r = subprocess.run([sys.executable, script], env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_fused_path_picks_triton_only_where_it_applies():
+    "Triton kernel 只用于 GPU 上的前向 KL 和纯 CE；其余散度、CPU 上用 torch.compile 的实现"
+    from distill_edu.distill import _forward_kl_ce_triton, _fused_chunk_loss_grad
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _fused_chunk_loss_grad("forward_kl", 0.5, cuda) is _forward_kl_ce_triton
+    assert _fused_chunk_loss_grad("jsd", 0.0, cuda) is _forward_kl_ce_triton        # α=0：纯 CE，与散度无关
+    assert _fused_chunk_loss_grad("jsd", 0.5, cuda) is not _forward_kl_ce_triton
+    assert _fused_chunk_loss_grad("forward_kl", 0.5, cpu) is not _forward_kl_ce_triton
+    with pytest.raises(ValueError, match="reverse_kl"):
+        _forward_kl_ce_triton(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 0.5, 2.0,
+                              "reverse_kl", 0.5, 0.1, True, 4)
+
+
 def test_chunked_alpha_zero_needs_no_teacher_and_is_ce():
     g = torch.Generator().manual_seed(2)
     h, W = torch.randn(2, 5, 8, generator=g), torch.randn(V, 8, generator=g)
