@@ -26,7 +26,7 @@ if __name__ == "__main__":
         tr = DistillationTrainer(student, teacher, DataLoader(data, batch_size=8), None, cfg, dev, progress=False)
         if not graphs: tr.model = tr.loss_module = _StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
         if not graphs: tr.teacher_fn = torch.compile(functools.partial(teacher_hidden_and_head, teacher))
-        losses = [tr._train_step()["loss"] for _ in range(5)]
+        losses = [tr._train_step()["stats"][0].item() for _ in range(5)]
         results.append((losses, torch.cat([p.detach().float().flatten() for p in student.parameters()])))
         print("cuda_graphs" if graphs else "compile only", [round(x, 5) for x in losses])
     (la, pa), (lb, pb) = results

@@ -393,8 +393,8 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Ada
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in params)                # GPU 上用融合版 AdamW：一个 kernel 更新全部参数
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    # 融合版 AdamW：一个 kernel 更新全部参数；它还能在 GPU 上跳过 NaN 的一步（见 `DistillationTrainer._train_step`）
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     "第 step 步（从 0 开始）的学习率倍数：线性预热，然后余弦退火到 min_lr_ratio"
@@ -529,7 +529,8 @@ class DistillationTrainer:
         if self.teacher is not None:
             fn = teacher_hidden_and_head if config.loss_chunk_size > 0 else model_logits
             self.teacher_fn = functools.partial(fn, self.teacher)
-            if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn, mode="reduce-overhead" if cuda_graphs else None)
+            graphs = cuda_graphs and config.loss_chunk_size > 0      # 朴素路径的教师输出是整份 logits，不值得为它复制
+            if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn, mode="reduce-overhead" if graphs else None)
         self.model = self.loss_module
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -590,7 +591,10 @@ class DistillationTrainer:
     def _teacher_forward(self, input_ids):
         "教师前向（inference_mode，不建图）：分块路径返回 (隐藏状态, LM head 权重)，朴素路径返回 logits"
         if self.teacher is None: return None
-        with torch.inference_mode(), self._autocast(): return self.teacher_fn(input_ids)
+        with torch.inference_mode(), self._autocast(): out = self.teacher_fn(input_ids)
+        if torch.is_tensor(out): return out
+        # 教师用 CUDA graph 时，输出在图自己的内存里，学生的图一重放就被覆盖：隐藏状态（B×T×d_t，几 MB）复制一份
+        return out[0].clone(), out[1]
 
     def _train_step(self) -> dict:
         c, accum = self.config, self.config.grad_accum_steps
@@ -607,30 +611,40 @@ class DistillationTrainer:
             tokens += ids.numel() * self.world
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip)
-        # 一次把损失和梯度范数拷回 CPU（每次 .tolist()/.item() 都要等 GPU 跑完，一步只等一次）
-        total, kl, ce, grad_norm = torch.cat([_all_reduce_mean(parts, self.world), grad_norm.float()[None]]).tolist()
-        finite = math.isfinite(total) and (math.isfinite(grad_norm) or self.scaler.is_enabled())
-        if finite:
-            self.bad_steps = 0
-            self.scaler.step(self.optimizer)
+        parts = _all_reduce_mean(parts, self.world)
+        # 是否有限在 GPU 上判断，不拷回 CPU（见上文）。fp16：GradScaler 自己在 GPU 上发现 inf/NaN 梯度并跳过这一步，
+        # 梯度溢出在 fp16 里是常事，只有损失不是有限数才算坏步；其余精度：把 found_inf 交给融合版 AdamW
+        finite = parts[0].isfinite() & (grad_norm.isfinite() | self.scaler.is_enabled())
+        if self.scaler.is_enabled(): self.scaler.step(self.optimizer)
         else:
-            self._skip_step(total, grad_norm)
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
         self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]
-        with warnings.catch_warnings():            # 跳过的步没有 optimizer.step()，PyTorch 会对此发出无关警告
-            warnings.simplefilter("ignore", UserWarning)
-            self.scheduler.step()
+        self.scheduler.step()
         self.step += 1
-        return {"loss": total, "kl": kl, "ce": ce, "grad_norm": grad_norm, "lr": lr, "tokens": tokens, "finite": finite}
+        # stats = [total, kl, ce, grad_norm, 有限?]，仍在 GPU 上；`_read_back` 攒几步一起读回
+        return {"stats": torch.cat([parts, grad_norm.float()[None], finite.float()[None]]), "lr": lr, "tokens": tokens}
 
-    def _skip_step(self, loss, grad_norm):
-        "NaN/Inf：丢掉这一步的梯度，记录下来；连续 max_bad_steps 步都坏就停止训练"
-        self.optimizer.zero_grad(set_to_none=True)
+    def _read_back(self, pending: list, acc: dict) -> int:
+        "把攒下的 [(step, stats)] 一次拷回 CPU（只等 GPU 一次）：有限的步累加进 acc，坏步交给 `_skip_step`；返回有限的步数"
+        steps, stats = zip(*pending)
+        n = 0
+        for step, (total, kl, ce, grad_norm, finite) in zip(steps, torch.stack(stats).tolist()):
+            if not finite: self._skip_step(step, total, grad_norm); continue
+            self.bad_steps = 0
+            for k, v in zip(("loss", "kl", "ce", "grad_norm"), (total, kl, ce, grad_norm)): acc[k] += v
+            n += 1
+        return n
+
+    def _skip_step(self, step: int, loss: float, grad_norm: float):
+        "第 step 步是 NaN/Inf（参数已在 GPU 上保持不变）：记录下来；连续 max_bad_steps 步都坏就停止训练"
         self.bad_steps += 1
-        self.history["skipped_steps"].append(self.step + 1)
-        self._print(f"第 {self.step + 1} 步出现 NaN/Inf（loss={loss}, grad_norm={grad_norm}），跳过这一步不更新参数")
+        self.history["skipped_steps"].append(step)
+        self._print(f"第 {step} 步出现 NaN/Inf（loss={loss}, grad_norm={grad_norm}），跳过了这一步，没有更新参数")
         if self.bad_steps >= self.config.max_bad_steps:
-            raise RuntimeError(f"连续 {self.bad_steps} 步（截至第 {self.step + 1} 步）出现 NaN/Inf，停止训练以免破坏模型；"
+            raise RuntimeError(f"连续 {self.bad_steps} 步（截至第 {step} 步）出现 NaN/Inf，停止训练以免破坏模型；"
                                f"请降低 learning_rate、检查数据，或从上一个检查点续训")
 
     # —— 日志、评估、检查点 ——
@@ -745,19 +759,22 @@ class DistillationTrainer:
                    dynamic_ncols=True, desc="distill" if self.teacher is not None else "ce")
         self.student.train()
         acc, n, t0 = dict.fromkeys(("loss", "kl", "ce", "grad_norm", "tokens"), 0.0), 0, time.perf_counter()
+        pending = []                                       # 还没读回 CPU 的 (step, stats)
         while self.step < end:
             out = self._train_step()
             bar.update(1)
-            if out["finite"]:
-                for k in ("loss", "kl", "ce", "grad_norm"): acc[k] += out[k]
-                n += 1
+            pending.append((self.step, out["stats"]))
             acc["tokens"] += out["tokens"]; acc["lr"] = out["lr"]
-            if (self.step % c.log_interval == 0 or self.step == end) and n:
+            log_now = self.step % c.log_interval == 0 or self.step == end
+            eval_now = self.val_loader is not None and (self.step % c.eval_interval == 0 or self.step == end)
+            save_now = self.step % c.save_interval == 0 and self.step != end
+            if log_now or eval_now or save_now: n += self._read_back(pending, acc); pending = []
+            if log_now and n:
                 self._log(acc, n, time.perf_counter() - t0)
                 acc, n, t0 = dict.fromkeys(("loss", "kl", "ce", "grad_norm", "tokens"), 0.0), 0, time.perf_counter()
             t_pause = time.perf_counter()                  # 评估和存盘的时间不计入 tokens/s
-            if self.val_loader is not None and (self.step % c.eval_interval == 0 or self.step == end): self._record_eval()
-            if self.step % c.save_interval == 0 and self.step != end: self.save_checkpoint()
+            if eval_now: self._record_eval()
+            if save_now: self.save_checkpoint()
             t0 += time.perf_counter() - t_pause
         bar.close()
         self.save_checkpoint()

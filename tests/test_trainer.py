@@ -400,6 +400,18 @@ def test_nan_step_is_skipped(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in after)
 
 
+def test_reading_losses_back_late_changes_nothing(tmp_path):
+    "损失攒到打印日志时才读回 CPU：逐步读回（log_interval=1）与攒 10 步一起读回，跳过的步和最终参数完全相同"
+    runs = []
+    for interval in (1, 10):
+        tr = flaky_trainer(tmp_path / str(interval), {3, 7}, max_steps=12, log_interval=interval)
+        tr.train()
+        runs.append((tr.history["skipped_steps"], params_of(tr.student)))
+    (skipped_a, params_a), (skipped_b, params_b) = runs
+    assert skipped_a == skipped_b == [3, 7]
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
+
+
 def test_repeated_nan_stops_training(tmp_path):
     tr = flaky_trainer(tmp_path, set(range(1, 100)), max_steps=20, max_bad_steps=3)
     with pytest.raises(RuntimeError, match="连续 3 步"): tr.train()
