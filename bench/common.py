@@ -1,5 +1,5 @@
 "bench/ 下各脚本共用的小工具：机器信息、实测 bf16 矩阵乘峰值、写 JSON"
-import json, os, platform, subprocess, time
+import json, os, platform, subprocess
 from datetime import datetime, timezone
 import torch
 
@@ -16,15 +16,22 @@ def device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} 核)"
 
 
-def measured_matmul_peak(device, n: int = 8192, dtype=torch.bfloat16, reps: int = 10) -> float:
-    "实测 n×n×n 矩阵乘的 FLOP/s（随机数据，预热 3 次后取 reps 次的中位数）"
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3): a @ b
+def cuda_ms(fn, reps: int = 10, warmup: int = 3) -> float:
+    "fn 的 GPU 时间（毫秒，CUDA event 计时，预热 warmup 次后 reps 次的中位数）"
+    for _ in range(warmup): fn()
     times = []
     for _ in range(reps):
-        torch.cuda.synchronize(device); t = time.perf_counter(); a @ b; torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / sorted(times)[len(times) // 2]
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def measured_matmul_peak(device, n: int = 8192, dtype=torch.bfloat16) -> float:
+    "实测 n×n×n 矩阵乘的 FLOP/s（随机数据；先连跑 50 次让 GPU 升到满频，再取 50 次的中位数）"
+    with torch.cuda.device(device):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        return 2 * n**3 / (cuda_ms(lambda: a @ b, reps=50, warmup=50) / 1e3)
 
 
 def write_json(path, payload: dict):

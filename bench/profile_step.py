@@ -12,17 +12,7 @@ from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
 from distill_edu.distill import chunked_distillation_loss, distillation_loss, teacher_hidden_and_head, build_optimizer
 from kd_step import teacher_model
-
-
-def cuda_ms(fn, reps=10, warmup=3):
-    "fn 的 GPU 时间（毫秒，reps 次的中位数）"
-    for _ in range(warmup): fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+from common import cuda_ms
 
 
 def kernel_ms(fn, reps=3):
