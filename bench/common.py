@@ -16,22 +16,29 @@ def device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} 核)"
 
 
-def cuda_ms(fn, reps: int = 10, warmup: int = 3) -> float:
-    "fn 的 GPU 时间（毫秒，CUDA event 计时，预热 warmup 次后 reps 次的中位数）"
+def cuda_times(fn, reps: int = 10, warmup: int = 3) -> list[float]:
+    "fn 每次运行的 GPU 时间（毫秒，CUDA event 计时，预热 warmup 次后运行 reps 次），从快到慢排好"
     for _ in range(warmup): fn()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record(); fn(); b.record(); torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return sorted(times)
+
+
+def cuda_ms(fn, reps: int = 10, warmup: int = 3) -> float:
+    "fn 的 GPU 时间（毫秒，reps 次的中位数）"
+    times = cuda_times(fn, reps, warmup)
+    return times[len(times) // 2]
 
 
 def measured_matmul_peak(device, n: int = 8192, dtype=torch.bfloat16) -> float:
-    "实测 n×n×n 矩阵乘的 FLOP/s（随机数据；先连跑 50 次让 GPU 升到满频，再取 50 次的中位数）"
+    """实测 n×n×n 矩阵乘的 FLOP/s（随机数据，20 次里最快的一次）。取最快而不是中位数：长时间满载时显卡会降频，
+    中位数可能低出一成（H100 上见过 666 与 785 TFLOP/s），峰值取高的那个，算出的 MFU 只会偏低不会偏高"""
     with torch.cuda.device(device):
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        return 2 * n**3 / (cuda_ms(lambda: a @ b, reps=50, warmup=50) / 1e3)
+        return 2 * n**3 / (cuda_times(lambda: a @ b, reps=20, warmup=5)[0] / 1e3)
 
 
 def write_json(path, payload: dict):
