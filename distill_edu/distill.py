@@ -243,8 +243,8 @@ def _forward_kl_ce_triton(z, t, y, alpha, temperature, kind, beta, lam, want_gra
     t = z if t is None else t.contiguous()                           # 纯 CE 时 t 不会被读，传 z 占位
     g = torch.empty_like(z) if want_grad else z                      # 不求梯度时 g 不会被写
     kl, ce = (torch.empty(z.size(0), device=z.device, dtype=torch.float32) for _ in range(2))
-    # Triton 在“当前”GPU 上发射 kernel：多卡时先切到 z 所在的卡（CPU 张量的 index 是 None，此时什么也不做）
-    with torch.cuda.device(z.device.index):
+    # Triton 在“当前”GPU 上发射 kernel：多卡时先切到 z 所在的卡（CPU 张量只在 Triton 的解释器里出现，不用切）
+    with torch.cuda.device(z.device) if z.is_cuda else contextlib.nullcontext():
         _forward_kl_ce_kernel[(z.size(0),)](z, t, y, g, kl, ce, z.stride(0), vocab, z.size(1), alpha, temperature,
                                             HAS_T=t is not z, WANT_GRAD=want_grad, BLOCK=2048, num_warps=4)
     return kl.sum(), ce.sum(), (g if want_grad else None)
