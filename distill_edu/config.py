@@ -157,7 +157,7 @@ class TrainingConfig:
     max_steps: int = 0              # >0 时在该步数处停止（覆盖 num_epochs）
     min_lr_ratio: float = 0.1       # 余弦退火的终点 = learning_rate × min_lr_ratio
     precision: str = "auto"         # auto：GPU 上 bf16（不支持则 fp16），CPU 上 fp32
-    compile: bool = True            # GPU 上用 torch.compile 编译学生、教师前向和分块损失（CPU 上不编译；单卡不累积梯度时学生还用 CUDA graph）
+    compile: bool = True            # GPU 上编译学生、教师和分块损失（前向 KL 用 Triton kernel，能用 CUDA graph 时录图）；CPU 上不编译
     loss_chunk_size: int = 1024     # 分块蒸馏损失每块的 token 数（0 = 不分块的朴素实现；越小越省显存）
     eval_batches: int = 0           # 每次评估最多用多少个验证 batch（0 = 全部）
     max_bad_steps: int = 10         # 连续多少个 NaN/Inf 步之后停止训练

@@ -525,7 +525,8 @@ class DistillationTrainer:
         # CUDA graph 把一段计算的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个 kernel 在 GPU 上只跑几微秒，
         # 逐个发射的 CPU 开销反而更大（H100 上学生前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
         # 学生：重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开；
-        # 多卡（DDP）时也不开：没有验证过。教师：只做前向、不被 DDP 包住，输出复制一份就不怕被覆盖（见 `_teacher_forward`），
+        # 多卡（DDP）时也不开：在 2×H100 上试过，录图和 DDP 的梯度 all-reduce 一起会卡住。教师：只做前向、不被 DDP 包住，
+        # 输出复制一份就不怕被覆盖（见 `_teacher_forward`），
         # 分块路径总是打开；朴素路径的教师输出是整份 logits，不值得为它复制
         student_graphs = self.compiled and config.grad_accum_steps == 1 and self.world == 1
         self.loss_module = _StudentLoss(self.student, config, self.compiled, student_graphs)
