@@ -214,6 +214,7 @@ if triton is not None:
                 m_t = m_new
         lse_1 = m_z + tl.log(s_1)                                    # L₁ = log Σ e^{z}
         lse_z = m_z * inv_T + tl.log(s_zT)                           # L_z = log Σ e^{z/T}
+        lse_t = m_t * inv_T + tl.log(s_tT)                           # L_t = log Σ e^{t/T}（纯 CE 时用不到）
         ce = lse_1 - tl.load(z_row + y).to(tl.float32)               # CE = L₁ − z_y
         kl = 0.0
         if HAS_T or WANT_GRAD:
@@ -226,7 +227,7 @@ if triton is not None:
                 if HAS_T:
                     t = tl.load(t_row + cols, mask=real, other=-float("inf")).to(tl.float32)
                     log_q = z * inv_T - lse_z                        # log q = z/T − L_z
-                    log_p = t * inv_T - (m_t * inv_T + tl.log(s_tT))   # log p = t/T − L_t
+                    log_p = t * inv_T - lse_t                        # log p = t/T − L_t
                     p = tl.exp(log_p)
                     kl += tl.sum(tl.where(real, p * (log_p - log_q), 0.0), 0)   # D = Σ p (log p − log q)
                     g += alpha * T * (tl.exp(log_q) - p)             # + α T (q − p)
@@ -525,9 +526,9 @@ class DistillationTrainer:
         # CUDA graph 把一段计算的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个 kernel 在 GPU 上只跑几微秒，
         # 逐个发射的 CPU 开销反而更大（H100 上学生前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
         # 学生：重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开；
-        # 多卡（DDP）时也不开：在 2×H100 上试过，录图和 DDP 的梯度 all-reduce 一起会卡住。教师：只做前向、不被 DDP 包住，
-        # 输出复制一份就不怕被覆盖（见 `_teacher_forward`），
-        # 分块路径总是打开；朴素路径的教师输出是整份 logits，不值得为它复制
+        # 多卡（DDP）时也不开：在 2×H100 上试过，录图和 DDP 的梯度 all-reduce 一起会卡住。
+        # 教师：只做前向、不被 DDP 包住，输出复制一份就不怕被覆盖（见 `_teacher_forward`），分块路径总是打开；
+        # 朴素路径的教师输出是整份 logits，不值得为它复制
         student_graphs = self.compiled and config.grad_accum_steps == 1 and self.world == 1
         self.loss_module = _StudentLoss(self.student, config, self.compiled, student_graphs)
         if self.teacher is not None:
