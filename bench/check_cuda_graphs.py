@@ -24,7 +24,7 @@ if __name__ == "__main__":
         cfg = TrainingConfig(batch_size=8, seq_len=512, warmup_steps=0, max_steps=5, log_interval=10**6,
                              save_interval=10**6, eval_interval=10**6, checkpoint_dir="/tmp/check_cuda_graphs")
         tr = DistillationTrainer(student, teacher, DataLoader(data, batch_size=8), None, cfg, dev, progress=False)
-        if not graphs: tr.model = tr.loss_module = _StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
+        if not graphs: tr.loss_module = _StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
         if not graphs: tr.teacher_fn = torch.compile(functools.partial(teacher_hidden_and_head, teacher))
         losses = [tr._train_step()["stats"][0].item() for _ in range(5)]
         results.append((losses, torch.cat([p.detach().float().flatten() for p in student.parameters()])))

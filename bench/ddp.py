@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=2 bench/ddp.py --out bench/results/ddp_2.json
     python bench/ddp.py --summarize bench/results/ddp_1.json bench/results/ddp_2.json --out bench/results/ddp.json
 """
-import argparse, json, os
+import argparse, faulthandler, json, os
 import torch
 import torch.distributed as dist
 from kd_step import run_variant, teacher_model
@@ -12,6 +12,7 @@ from common import device_name, measured_matmul_peak, write_json, print_table
 
 
 def measure(args):
+    faulthandler.dump_traceback_later(args.watchdog, exit=True)          # 卡住时打印各线程的栈并退出，而不是一直等
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
@@ -43,6 +44,7 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--watchdog", type=int, default=600, help="超过这么多秒还没跑完就打印栈并退出")
     ap.add_argument("--summarize", nargs="*")
     args = ap.parse_args()
     summarize(args.summarize, args.out) if args.summarize else measure(args)

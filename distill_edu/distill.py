@@ -444,6 +444,17 @@ def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
         dist.all_reduce(t); t /= world
     return t
 
+def _broadcast_params(model: nn.Module):
+    "多卡开训前：把 rank 0 的参数和缓冲区广播给所有 rank，保证大家从同一个模型出发"
+    import torch.distributed as dist
+    for t in [*model.parameters(), *model.buffers()]: dist.broadcast(t.data, src=0)
+
+def _all_reduce_grads(params: list, world: int):
+    "多卡：所有梯度拼成一个向量，一次 all_reduce 求各 rank 的平均，再拷回各参数的 .grad"
+    grads = [p.grad for p in params]
+    flat = _all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]), world)
+    torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
 def _shard_loader(loader, seed: int, train: bool):
     "多卡时把普通 DataLoader 换成 DistributedSampler 版本（每个 rank 只读自己那一份）；已经分片或单卡时原样返回"
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -478,7 +489,7 @@ def atomic_save(obj, path: str):
         raise
 
 class _StudentLoss(nn.Module):
-    "学生前向 + 蒸馏损失打包成一个 Module：DDP 包住它，所有用到学生参数的计算都发生在 forward 里"
+    "学生前向 + 蒸馏损失：按配置选分块或朴素路径，GPU 上编译学生（可选 CUDA graph）"
     def __init__(self, student: nn.Module, config: TrainingConfig, compiled: bool = False, cuda_graphs: bool = False):
         super().__init__()
         self.student, self.config, self.compiled = student, config, compiled
@@ -503,14 +514,15 @@ class DistillationTrainer:
     """蒸馏训练器。student：StudentModel（需要 `hidden_states` 与 `lm_head`）；teacher：冻结的教师（HF Qwen2ForCausalLM
     或 StudentModel），alpha=0 时可为 None（纯 CE 基线）；train_loader / val_loader 产出
     {"input_ids": (B,T) long, "labels": (B,T) long}；config：TrainingConfig；device：训练设备。
-    torch.distributed 已初始化时自动使用 DDP（每个 rank 一个教师副本、数据分片、只有 rank 0 写检查点）。"""
+    torch.distributed 已初始化时自动做数据并行（每个 rank 一个教师副本、数据分片、每步反向后梯度求平均、
+    只有 rank 0 写检查点）。"""
 
     def __init__(self, student, teacher, train_loader, val_loader, config: TrainingConfig, device="cpu",
                  progress: bool | None = None):
         if teacher is None and config.alpha > 0:
             raise ValueError(f"alpha={config.alpha} > 0 需要教师模型；纯交叉熵基线请设 alpha=0")
         self.config, self.device = config, torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:     # "cuda" → 当前卡，DDP 需要明确的编号
+        if self.device.type == "cuda" and self.device.index is None:     # "cuda" → 当前卡，多卡时需要明确的编号
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.rank, self.world = _dist_info()
         self.student = student.to(self.device)
@@ -525,21 +537,18 @@ class DistillationTrainer:
         self.compiled = config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
         # CUDA graph 把一段计算的几百个 kernel 录成一张图，之后每步一次发射。d=512 的学生每个 kernel 在 GPU 上只跑几微秒，
         # 逐个发射的 CPU 开销反而更大（H100 上学生前向+反向的墙钟 20 多毫秒，kernel 只占约 6.5 ms）。
-        # 学生：重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开；
-        # 多卡（DDP）时也不开：在 2×H100 上试过，录图和 DDP 的梯度 all-reduce 一起会卡住。
-        # 教师：只做前向、不被 DDP 包住，输出复制一份就不怕被覆盖（见 `_teacher_forward`），分块路径总是打开；
+        # 学生：重放会覆盖上一次的输出（包括参数的梯度），梯度累积时上一个微批的梯度还要用，所以只在不累积时打开。
+        # 多卡时也能打开，因为梯度是在反向整个结束后才一次求平均的（见 `_train_step`）。
+        # 教师：只做前向，输出复制一份就不怕被覆盖（见 `_teacher_forward`），分块路径总是打开；
         # 朴素路径的教师输出是整份 logits，不值得为它复制
-        student_graphs = self.compiled and config.grad_accum_steps == 1 and self.world == 1
+        student_graphs = self.compiled and config.grad_accum_steps == 1
         self.loss_module = _StudentLoss(self.student, config, self.compiled, student_graphs)
         if self.teacher is not None:
             fn = teacher_hidden_and_head if config.loss_chunk_size > 0 else model_logits
             self.teacher_fn = functools.partial(fn, self.teacher)
             mode = "reduce-overhead" if config.loss_chunk_size > 0 else None
             if self.compiled: self.teacher_fn = torch.compile(self.teacher_fn, mode=mode)
-        self.model = self.loss_module
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.model = DDP(self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.world > 1: _broadcast_params(self.student)
         self.optimizer = build_optimizer(self.student, config)
         self.total_steps = self._total_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
@@ -607,13 +616,12 @@ class DistillationTrainer:
         parts, tokens = torch.zeros(3, device=self.device), 0
         for k in range(accum):
             ids, labels = self._to_device(self._next_batch())
-            sync = self.world == 1 or k == accum - 1
-            with (contextlib.nullcontext() if sync else self.model.no_sync()):
-                teacher_out = self._teacher_forward(ids)
-                with self._autocast(): loss, m = self.model(ids, labels, teacher_out)
-                self.scaler.scale(loss / accum).backward()
+            teacher_out = self._teacher_forward(ids)
+            with self._autocast(): loss, m = self.loss_module(ids, labels, teacher_out)
+            self.scaler.scale(loss / accum).backward()
             parts += torch.stack([m["total_loss"], m["kl_loss"], m["ce_loss"]]).float() / accum
             tokens += ids.numel() * self.world
+        if self.world > 1: _all_reduce_grads(list(self.student.parameters()), self.world)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip)
         parts = _all_reduce_mean(parts, self.world)

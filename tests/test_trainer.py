@@ -461,39 +461,44 @@ def test_lr_schedule():
 
 # ---------------- DDP（CPU 上的 gloo，2 个进程） ----------------
 
-def _ddp_config(tmp, batch):
-    return cfg(tmp, batch_size=batch, max_steps=4, eval_interval=4, log_interval=2, loss_kind="skew_kl")
+def _ddp_config(tmp, batch, accum=1):
+    return cfg(tmp, batch_size=batch, grad_accum_steps=accum, max_steps=4, eval_interval=4, log_interval=2,
+               loss_kind="skew_kl")
 
 
-def _ddp_worker(rank, world, init_file, teacher_dir, out_path):
+def _ddp_worker(rank, world, init_file, teacher_dir, out_path, accum):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         teacher = load_teacher_model(teacher_dir)
-        tr = DistillationTrainer(tiny_student(0), teacher, markov_loader(batch=2, shuffle=False),
-                                 markov_loader(n=16, shuffle=False, seed=99), _ddp_config(os.path.dirname(out_path), 2),
-                                 progress=False)
+        student = tiny_student(rank)                                    # 各 rank 初值不同：训练器要先广播 rank 0 的参数
+        tr = DistillationTrainer(student, teacher, markov_loader(batch=2 // accum, shuffle=False),
+                                 markov_loader(n=16, shuffle=False, seed=99),
+                                 _ddp_config(os.path.dirname(out_path), 2 // accum, accum), progress=False)
         hist = tr.train()
-        if rank == 0: torch.save({"params": params_of(tr.student), "val_loss": hist["val_loss"]}, out_path)
+        torch.save({"params": params_of(tr.student), "val_loss": hist["val_loss"]}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_equal_single_process(tmp_path, teacher_dir):
-    "2 个 gloo 进程 × 每卡 batch 2 == 单进程 batch 4（同一个全局 batch），参数与验证损失一致"
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ddp_two_processes_equal_single_process(tmp_path, teacher_dir, accum):
+    """2 个 gloo 进程 × 每卡 batch 2 == 单进程 batch 4（同一个全局 batch），参数与验证损失一致；
+    accum=2 时每卡 batch 1 × 累积 2 步，全局 batch 仍是 4。两个 rank 结束时参数完全相同"""
     import torch.multiprocessing as mp
     from pathlib import Path
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), teacher_dir, out), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), teacher_dir, out, accum), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for k, v in ranks[0]["params"].items(): assert torch.equal(v, ranks[1]["params"][k]), f"两个 rank 的 {k} 不同"
     single = DistillationTrainer(tiny_student(0), load_teacher_model(teacher_dir), markov_loader(batch=4, shuffle=False),
                                  markov_loader(n=16, shuffle=False, seed=99), _ddp_config(Path(tmp_path) / "single", 4),
                                  progress=False)
     hist = single.train()
-    assert_same_training(params_of(single.student), ddp["params"], what="DDP vs 单进程")
-    assert ddp["val_loss"] == pytest.approx(hist["val_loss"], rel=1e-5)
-    assert any(not torch.equal(v, tiny_student(0).state_dict()[k]) for k, v in ddp["params"].items())
+    assert_same_training(params_of(single.student), ranks[0]["params"], what=f"2 进程（累积 {accum}）vs 单进程")
+    assert ranks[0]["val_loss"] == pytest.approx(hist["val_loss"], rel=1e-5)
+    assert any(not torch.equal(v, tiny_student(0).state_dict()[k]) for k, v in ranks[0]["params"].items())
 
 
 def test_mixed_precision_paths_on_cpu(tmp_path, teacher_dir):
