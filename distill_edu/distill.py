@@ -449,11 +449,13 @@ def _broadcast_params(model: nn.Module):
     import torch.distributed as dist
     for t in [*model.parameters(), *model.buffers()]: dist.broadcast(t.data, src=0)
 
-def _all_reduce_grads(params: list, world: int):
-    "多卡：所有梯度拼成一个向量，一次 all_reduce 求各 rank 的平均，再拷回各参数的 .grad"
-    grads = [p.grad for p in params]
-    flat = _all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]), world)
-    torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
+def _all_reduce_grads(params: list):
+    """多卡：所有梯度拼成一个向量，一次 all_reduce 求和，各参数的 .grad 改成指向这个向量里属于自己的一段。
+    每个 rank 的损失在反向前已经除以 world，所以求和就是平均"""
+    import torch.distributed as dist
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad = g.view_as(p)
 
 def _shard_loader(loader, seed: int, train: bool):
     "多卡时把普通 DataLoader 换成 DistributedSampler 版本（每个 rank 只读自己那一份）；已经分片或单卡时原样返回"
@@ -618,10 +620,10 @@ class DistillationTrainer:
             ids, labels = self._to_device(self._next_batch())
             teacher_out = self._teacher_forward(ids)
             with self._autocast(): loss, m = self.loss_module(ids, labels, teacher_out)
-            self.scaler.scale(loss / accum).backward()
+            self.scaler.scale(loss / (accum * self.world)).backward()   # 全局平均：除以微批数 × rank 数
             parts += torch.stack([m["total_loss"], m["kl_loss"], m["ce_loss"]]).float() / accum
             tokens += ids.numel() * self.world
-        if self.world > 1: _all_reduce_grads(list(self.student.parameters()), self.world)
+        if self.world > 1: _all_reduce_grads(list(self.student.parameters()))
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip)
         parts = _all_reduce_mean(parts, self.world)
