@@ -31,8 +31,9 @@ def summarize(paths, out):
     runs = sorted((json.load(open(p)) for p in paths), key=lambda r: r["world_size"])
     base = runs[0]["row"]["tokens_per_sec"]
     rows = [{"gpus": r["world_size"], "tokens_per_sec": r["row"]["tokens_per_sec"], "step_ms": r["row"]["step_ms"],
-             "speedup": round(r["row"]["tokens_per_sec"] / base, 2), "peak_mem_gib": r["row"]["peak_mem_gib"]} for r in runs]
-    print_table(rows, ["gpus", "tokens_per_sec", "step_ms", "speedup", "peak_mem_gib"])
+             "speedup": round(r["row"]["tokens_per_sec"] / base, 2), "peak_mem_gib": r["row"]["peak_mem_gib"],
+             "param_diff_across_ranks": r["row"].get("param_diff_across_ranks")} for r in runs]
+    print_table(rows, ["gpus", "tokens_per_sec", "step_ms", "speedup", "peak_mem_gib", "param_diff_across_ranks"])
     write_json(out, {"benchmark": "ddp", "device": runs[0]["device"], "rows": rows,
                      "command": "torchrun --nproc_per_node=N bench/ddp.py"})
 

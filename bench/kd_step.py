@@ -31,6 +31,15 @@ def teacher_model(device):
     return Qwen2ForCausalLM(QWEN25_05B.to_hf_config()).to(device, torch.bfloat16).eval().requires_grad_(False)
 
 
+def param_diff_across_ranks(model) -> float:
+    "多卡训练后各 rank 的参数应完全相同：返回所有 rank 与 rank 0 的最大绝对差（应为 0）"
+    import torch.distributed as dist
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    ref = flat.clone(); dist.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max(); dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return diff.item()
+
+
 def run_variant(name, teacher, args, device, **overrides):
     torch.manual_seed(0)
     student = StudentModel(ModelConfig()).to(device)
@@ -50,6 +59,7 @@ def run_variant(name, teacher, args, device, **overrides):
     row = {"variant": name, "tokens_per_sec": round(tok_s), "step_ms": round(1000 * seconds / args.steps, 1),
            "mfu": round(fpt * tok_s / (args.peak * trainer.world), 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
            "final_loss": round(trainer.history["train_loss"][-1], 4) if trainer.history["train_loss"] else None}
+    if trainer.world > 1: row["param_diff_across_ranks"] = param_diff_across_ranks(student)
     del trainer, student; gc.collect(); torch.cuda.empty_cache()
     return row
 

@@ -127,6 +127,8 @@ def ddp_remarks(r) -> str:
             "所以学生和单卡时一样录成 CUDA graph（07_distill 第 8 节）。"
             f"每卡每步 {top['step_ms']} ms，单卡 {one['step_ms']} ms：多出的是 123M 个 float32 梯度的拼接和经 NVLink 的 all_reduce，"
             "它不和计算重叠，所以余量不大。")
+    if top.get("param_diff_across_ranks") is not None:
+        text += f"计时结束后各 rank 的参数与 rank 0 的最大绝对差是 {top['param_diff_across_ranks']}（param_diff_across_ranks，应为 0）。"
     if earlier:
         text += ("更早的两卡实现：" + "、".join(f"`{x['commit']}` {x['rows'][-1]['speedup']}×" for x in earlier)
                  + "（`raw/ddp_h100x2_*.json`）。`5dfba69` 用 DDP 包装，学生不能录 CUDA graph（DDP 下录图在 2×H100 上卡住，"
@@ -153,7 +155,8 @@ def sections():
         out.append(("知识蒸馏 vs 纯交叉熵基线（同种子、同数据顺序、同 token 数）",
                     kd_section(runs, load("kd_experiment_ce1400"), load("kd_experiment_h200"))))
     if (r := load("ddp")):
-        out.append(("多卡数据并行", provenance(r) + table(r["rows"], ["gpus", "tokens_per_sec", "step_ms", "speedup", "peak_mem_gib"])
+        out.append(("多卡数据并行", provenance(r) + table(r["rows"], ["gpus", "tokens_per_sec", "step_ms", "speedup", "peak_mem_gib",
+                                                                         "param_diff_across_ranks"])
                     + ddp_remarks(r)))
     gen = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("generate_*.json"))]
     if gen:
