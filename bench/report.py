@@ -47,7 +47,8 @@ def kd_step_targets(r) -> str:
             "NaN/Inf 的判断留在 GPU 上（融合版 AdamW 的 found_inf），训练器不再每步等 GPU：一步的 CPU 发射时间小于 GPU 时间，"
             "整步受 GPU 限制（`raw/profile_step_h100_c00fbb3.log`：每步约 26 ms，其中教师前向约 8 ms、学生前向 + 反向约 6 ms、"
             "分块损失约 9 ms（大头是 LM head 的四次矩阵乘）、裁剪 + AdamW 约 2 ms；`bench/check_cuda_graphs.py` 在 GPU 上检查 "
-            "CUDA graph 不改变训练结果）。实测峰值取 20 次 8192³ 矩阵乘里最快的一次：长时间满载时 H100 会降频，中位数低到约 666 TFLOP/s，"
+            "CUDA graph 不改变训练结果；梯度累积时只有教师录图，`--accum 2` 的损失与不录图逐位相同，"
+            "`raw/check_cuda_graphs_accum2_h100x2_a374bab.log`）。实测峰值取 20 次 8192³ 矩阵乘里最快的一次：长时间满载时 H100 会降频，中位数低到约 666 TFLOP/s，"
             "用它会把 MFU 算高一成多（`raw/kd_step_h100_c00fbb3.log`）。\n")
 
 
@@ -121,7 +122,7 @@ def kd_section(runs, ce_long, earlier) -> str:
 def ddp_remarks(r) -> str:
     "目标对照、多卡怎么做的，以及 raw/ 里更早的两卡实现（同样是 2×H100）的加速比"
     one, top = r["rows"][0], r["rows"][-1]
-    earlier = [json.loads(p.read_text()) for p in sorted((RESULTS / "raw").glob("ddp_h100x2_*.json"))]
+    earlier = sorted((json.loads(p.read_text()) for p in (RESULTS / "raw").glob("ddp_h100x2_*.json")), key=lambda x: x["date"])
     text = (f"\n目标 {top['gpus']} 卡 ≥ 1.8×：{check(top['speedup'] >= 1.8)}。每张卡 batch 8 × 512，加速比相对同一次调用里的单卡默认设置。"
             "多卡时训练器不用 DDP 包装：开训前把 rank 0 的参数广播出去，每步反向结束后把全部梯度拼成一个向量做一次 all_reduce，"
             "所以学生和单卡时一样录成 CUDA graph（07_distill 第 8 节）。"
@@ -130,7 +131,7 @@ def ddp_remarks(r) -> str:
     if top.get("param_diff_across_ranks") is not None:
         text += f"计时结束后各 rank 的参数与 rank 0 的最大绝对差是 {top['param_diff_across_ranks']}（param_diff_across_ranks，应为 0）。"
     if earlier:
-        text += ("更早的两卡实现：" + "、".join(f"`{x['commit']}` {x['rows'][-1]['speedup']}×" for x in earlier)
+        text += ("更早的两卡运行（同为 2×H100，按时间先后）：" + "、".join(f"`{x['commit']}` {x['rows'][-1]['speedup']}×" for x in earlier)
                  + "（`raw/ddp_h100x2_*.json`）。`5dfba69` 用 DDP 包装，学生不能录 CUDA graph（DDP 下录图在 2×H100 上卡住，"
                    "`raw/ddp_graphs_hang_h100x2_240834b.log`），又回到受 CPU 发射限制；`e92efb7` 已是一次 all_reduce，"
                    "但平均后还要再除以卡数、拷回各参数，现在改成反向前把损失除以卡数、`.grad` 直接指向归约后的向量。")
