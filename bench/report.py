@@ -48,7 +48,8 @@ def kd_step_targets(r) -> str:
             "整步受 GPU 限制（`raw/profile_step_h100_c00fbb3.log`：每步约 26 ms，其中教师前向约 8 ms、学生前向 + 反向约 6 ms、"
             "分块损失约 9 ms（大头是 LM head 的四次矩阵乘）、裁剪 + AdamW 约 2 ms；`bench/check_cuda_graphs.py` 在 GPU 上检查 "
             "CUDA graph 不改变训练结果；梯度累积时只有教师录图，`--accum 2` 的损失与不录图逐位相同，"
-            "`raw/check_cuda_graphs_accum2_h100x2_a374bab.log`）。实测峰值取 20 次 8192³ 矩阵乘里最快的一次：长时间满载时 H100 会降频，中位数低到约 666 TFLOP/s，"
+            "`raw/check_cuda_graphs_accum2_h100x2_a374bab.log`）。"
+            "实测峰值取 20 次 8192³ 矩阵乘里最快的一次：长时间满载时 H100 会降频，中位数低到约 666 TFLOP/s，"
             "用它会把 MFU 算高一成多（`raw/kd_step_h100_c00fbb3.log`）。\n")
 
 
