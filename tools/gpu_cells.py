@@ -7,6 +7,7 @@ GPU 机器上通常没有 Jupyter：`run` 在那里按顺序执行笔记本的�
     python tools/gpu_cells.py fill nbs/07_distill.ipynb out.json     # 在本机，然后 nbdev_clean
 """
 import contextlib, io, json, os, sys, types
+from run_nbs import cell_flags                         # 与 run_nbs / nbdev_test 同一套 `#|` 标志规则
 
 
 def code_cells(nb):
@@ -14,7 +15,7 @@ def code_cells(nb):
     for cell in nb["cells"]:
         if cell["cell_type"] != "code": continue
         src = "".join(cell["source"])
-        yield cell, src, {w for line in src.splitlines() if line.startswith("#|") for w in line[2:].split()}
+        yield cell, src, cell_flags(src)
 
 
 def run(path, out):

@@ -7,9 +7,6 @@
 """
 import argparse, os, sys
 from pathlib import Path
-from execnb.nbio import read_nb, write_nb
-from execnb.shell import CaptureShell
-from fastcore.xtras import working_directory
 
 
 def cell_flags(source: str) -> set:
@@ -18,6 +15,10 @@ def cell_flags(source: str) -> set:
 
 
 def run_notebook(path: Path, skip: set) -> bool:
+    # execnb 只在这里导入：tools/gpu_cells.py 在没有 execnb 的 GPU 机器上也要用 cell_flags
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
     nb = read_nb(path)
     def no_eval(cell): return cell.cell_type != 'code' or bool(skip & cell_flags(cell.source))
     for cell in nb.cells:                      # execnb 只在有新输出时才覆盖：先清空要运行的单元格，避免留下过期输出
