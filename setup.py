@@ -18,6 +18,7 @@ lic = licenses.get(cfg['license'].lower())
 min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+gguf_requirements = cfg.get('gguf_requirements', '').split()   # 读取 .gguf 教师（llama.cpp / Ollama 格式）
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -38,7 +39,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'gguf': gguf_requirements},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

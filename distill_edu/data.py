@@ -15,8 +15,8 @@ from .config import ModelConfig, check_int
 
 # %% auto #0
 __all__ = ['QWEN25_TOKENIZER', 'QWEN_PRETOKENIZE_REGEX', 'QWEN_SPECIAL_TOKENS', 'QWEN_NUM_CONTROL_TOKENS', 'QWEN_BASE_VOCAB',
-           'QWEN_TOKENIZER_SIZE', 'QWEN_EMBEDDING_ROWS', 'WIKIPEDIA_DATASET', 'CORPUS_FORMATS', 'SPLITS',
-           'qwen_ranks_file', 'load_bpe_ranks', 'bpe_split', 'bpe_merges_from_ranks', 'build_qwen_tokenizer',
+           'QWEN_TOKENIZER_SIZE', 'QWEN_EMBEDDING_ROWS', 'QWEN25_CHAT_TEMPLATE', 'WIKIPEDIA_DATASET', 'CORPUS_FORMATS',
+           'SPLITS', 'qwen_ranks_file', 'load_bpe_ranks', 'bpe_split', 'bpe_merges_from_ranks', 'build_qwen_tokenizer',
            'peoples_daily_file', 'strip_pos_tags', 'cache_root', 'hub_reachable', 'load_tokenizer', 'load_corpus',
            'document_separator', 'token_cache_dir', 'tokenize_to_cache', 'check_fits_model', 'WikiDataset',
            'create_dataloaders']
@@ -83,9 +83,67 @@ def bpe_merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
         merges.append((parts[0], parts[1]))
     return merges
 
+# %% ../nbs/06_data.ipynb #b728590b
+QWEN25_CHAT_TEMPLATE = r'''{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+'''   # Qwen2.5 的对话模板（含工具调用），逐字取自检查点
+
+
 # %% ../nbs/06_data.ipynb #d5268a7a
 def build_qwen_tokenizer(ranks_path=None):
-    "由 BPE 排名文件（默认 dashscope 自带）离线构建 Qwen2.5 分词器：`PreTrainedTokenizerFast`，len = 151665"
+    "由 BPE 排名文件（默认 dashscope 自带）离线构建 Qwen2.5 分词器（含对话模板）：`PreTrainedTokenizerFast`，len = 151665"
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -108,7 +166,7 @@ def build_qwen_tokenizer(ranks_path=None):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:QWEN_NUM_CONTROL_TOKENS]),
-        model_max_length=131072, clean_up_tokenization_spaces=False)
+        model_max_length=131072, clean_up_tokenization_spaces=False, chat_template=QWEN25_CHAT_TEMPLATE)
 
 # %% ../nbs/06_data.ipynb #0066bdc0
 def peoples_daily_file() -> Path:
@@ -137,7 +195,7 @@ def strip_pos_tags(line: str) -> str:
     return "".join(words)
 
 # %% ../nbs/06_data.ipynb #e4dbcec9
-_TOKENIZER_CACHE_NAME = "qwen2.5-offline-v1"
+_TOKENIZER_CACHE_NAME = "qwen2.5-offline-v2"   # v2：带对话模板
 _QWEN25_NAME = re.compile(r"Qwen/Qwen2\.5-[\w.\-]+")
 
 def cache_root(cache_dir=None) -> Path:

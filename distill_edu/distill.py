@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .config import TrainingConfig, LOSS_KINDS
-from .data import _looks_like_path   # 与分词器用同一条规则区分“本地路径”和 hub 名字
+from .model import load_hf_qwen2, read_gguf_metadata
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'divergence', 'slice_teacher_vocab', 'distillation_loss', 'chunked_distillation_loss',
@@ -60,10 +60,10 @@ def _check_loss_args(alpha, temperature, kind, beta=0.5, lam=0.1):
     if not 0 <= beta <= 1: raise ValueError(f"jsd_beta 必须在 [0, 1] 内，收到 beta={beta!r}")
     if not 0 <= lam <= 1: raise ValueError(f"skew_lambda 必须在 [0, 1] 内，收到 lam={lam!r}")
 
-def _check_teacher_rows(rows: int, student_vocab: int):
-    "教师的输出行数必须 ≥ 学生词表（多出来的是填充行，切掉即可）；少了说明两者不是同一套分词器"
+def _check_teacher_rows(rows: int, student_vocab: int, source=None):
+    "教师的输出行数必须 ≥ 学生词表（多出来的是填充行，切掉即可）；少了说明两者不是同一套分词器。source：报错时点名的文件"
     if rows < student_vocab:
-        raise ValueError(f"教师只有 {rows} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
+        raise ValueError(f"{str(source) + '：' if source else ''}教师只有 {rows} 个输出行，少于学生词表 {student_vocab}：两者的分词器不一致，无法蒸馏")
 
 def slice_teacher_vocab(teacher_logits: torch.Tensor, student_vocab: int) -> torch.Tensor:
     "把教师 logits (..., V_t) 切到学生词表 (..., V_s)；V_t < V_s 时说明两者不是同一套分词器，直接报错"
@@ -361,19 +361,20 @@ def _logits_are_finite(model, device) -> bool:
     with torch.inference_mode(): return bool(torch.isfinite(model_logits(model, ids)).all())
 
 def load_teacher_model(model_id: str = "Qwen/Qwen2.5-0.5B", device="cpu", dtype=None, student_vocab: int | None = None):
-    """加载冻结的教师模型（`AutoModelForCausalLM`，hub 名字或本地目录），返回 eval 模式、参数全部冻结的模型。
+    """加载冻结的教师模型，返回 eval 模式、参数全部冻结的 Hugging Face 模型。
 
+    model_id：Hub 名字、本地 Hugging Face 目录，或本地 `.gguf` 文件（llama.cpp / Ollama 的格式，见 05_model 的 `load_hf_qwen2`）。
     dtype：None 时按设备自动选择（见 `default_teacher_dtype`），也可给 torch.dtype 或 "bf16"/"fp16"/"fp32"。
-    fp16 下若一次试探前向出现 NaN/Inf，发出警告并以 float32 重新加载。给了 student_vocab 时检查词表兼容。"""
-    from transformers import AutoModelForCausalLM
-    model_id, device = str(model_id), torch.device(device)
-    if (_looks_like_path(model_id) or os.path.exists(model_id)) and not os.path.isdir(os.path.expanduser(model_id)):
-        raise FileNotFoundError(f"找不到教师模型目录 {model_id!r}")
+    fp16 下若一次试探前向出现 NaN/Inf，发出警告并以 float32 重新加载。给了 student_vocab 时检查词表兼容
+    （GGUF 在反量化之前就按文件头检查）。"""
+    device = torch.device(device)
     if isinstance(dtype, str):
         if dtype not in _DTYPES: raise ValueError(f"未知的 dtype={dtype!r}，可选：{sorted(_DTYPES)}")
         dtype = _DTYPES[dtype]
     dtype = dtype or default_teacher_dtype(device)
-    load = lambda dt: AutoModelForCausalLM.from_pretrained(os.path.expanduser(model_id)).to(device=device, dtype=dt)
+    if student_vocab is not None and str(model_id).endswith(".gguf"):
+        _check_teacher_rows(read_gguf_metadata(model_id)["vocab_size"], student_vocab, source=model_id)
+    load = lambda dt: load_hf_qwen2(model_id, dt).to(device)
     model = load(dtype)
     if dtype == torch.float16 and not _logits_are_finite(model, device):
         warnings.warn(f"教师 {model_id} 在 fp16 下出现 NaN/Inf，改用 float32 加载（更慢、更占显存，但不会在 NaN 上训练）")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, check_int
-from .model import StudentModel, from_hf_qwen2
+from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'EOS_TOKENS', 'WEIGHT_KEYS', 'check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_filter',
@@ -242,10 +242,9 @@ class TextGenerator:
 # %% ../nbs/08_generate.ipynb #98d99064
 WEIGHT_KEYS = ("model", "model_state_dict")   # 07_distill 的训练检查点用 "model"；只存权重的文件常用 "model_state_dict"
 
-def _load_hf_directory(path: Path):
-    from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(path)
-    return from_hf_qwen2(hf.float())
+def _load_hf_student(path: Path):
+    "Hugging Face 目录或 .gguf 文件 → float32 的 StudentModel（加载与检查见 05_model 的 `load_hf_qwen2`）"
+    return from_hf_qwen2(load_hf_qwen2(path, torch.float32))
 
 def _read_checkpoint(path: Path) -> dict:
     try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -259,14 +258,15 @@ def _read_checkpoint(path: Path) -> dict:
     return ckpt
 
 def load_trained_model(checkpoint_path, device="cpu"):
-    """读取 07_distill 的检查点文件（或 Hugging Face 格式的目录），返回处于 eval 模式、位于 device 上的 StudentModel。
+    """读取 07_distill 的检查点文件（或 Hugging Face 格式的目录、`.gguf` 文件），返回处于 eval 模式、位于 device 上的 StudentModel。
     结构取自检查点里的 model_config；权重为 float32（检查点里是什么 dtype 就按模型参数的 dtype 复制进来）。"""
     path = Path(checkpoint_path)
     if not path.exists(): raise FileNotFoundError(f"找不到检查点：{path}")
+    if path.suffix == ".gguf": return _load_hf_student(path).to(device).eval()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} 是目录，但其中没有 config.json（不是 Hugging Face 格式的模型目录）")
-        return _load_hf_directory(path).to(device).eval()
+        return _load_hf_student(path).to(device).eval()
     ckpt = _read_checkpoint(path)
     try: config = ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError) as e: raise ValueError(f"检查点 {path} 的 model_config 无效：{e}") from e
