@@ -6,7 +6,7 @@
 
     PYTHONPATH=.:bench python bench/teacher_eval.py --teacher DIR --tokenizer DIR --corpus zh_modern.jsonl.xz [...]
 """
-import argparse, math, time
+import argparse, math, sys, time
 from pathlib import Path
 import torch
 from common import device_name, write_json
@@ -48,16 +48,16 @@ def main():
     for corpus in args.corpus:
         ds = WikiDataset(tok, "validation", args.seq_len, source=corpus, max_bytes=None, verbose=False)
         if args.max_samples: ds.num_samples = min(ds.num_samples, args.max_samples)
-        for dtype in ("bf16", "fp16"):
+        for dtype in ("fp32", "bf16", "fp16"):
             t0 = time.perf_counter()
             teacher = load_teacher_model(args.teacher, device=device, dtype=dtype, student_vocab=len(tok))
-            ours = from_hf_qwen2(teacher).eval() if dtype == "bf16" else None
+            ours = from_hf_qwen2(teacher).to(device).eval() if dtype != "fp16" else None
             r = evaluate(teacher, ds, args.batch, device, len(tok), reference=ours)
             rows.append({"corpus": Path(corpus).name.split(".")[0], "dtype": dtype, **r,
                          "seconds": round(time.perf_counter() - t0, 1)})
             print(rows[-1], flush=True)
             del teacher, ours
-    write_json(args.out, {"bench": "teacher_eval", "device": device_name(device),
+    write_json(args.out, {"bench": "teacher_eval", "device": device_name(device), "command": " ".join(["python"] + sys.argv),
                           "teacher": "Qwen2.5 Coder 0.5B Instruct AWQ (GGUF → bf16)", "seq_len": args.seq_len,
                           "rows": rows})
 

@@ -1,5 +1,5 @@
 "真实的 Qwen2.5 教师：GGUF 文件的检查与加载；有真实检查点时，我们的 StudentModel 与 transformers 逐数一致"
-import importlib.util
+import copy, importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +94,8 @@ def test_real_weights_logits_match_transformers(real_teacher, text):
     ours = from_hf_qwen2(real_teacher).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), real_teacher(ids).logits, rtol=1e-4, atol=1e-4)
-        ref, got = real_teacher.to(torch.bfloat16)(ids).logits, ours.to(torch.bfloat16)(ids)
-    real_teacher.float()
+        # 在副本上转 bf16：HF 的 RoPE 频率缓冲区转成 bf16 再转回来就回不去了，会污染后面用这个夹具的测试
+        ref, got = copy.deepcopy(real_teacher).to(torch.bfloat16)(ids).logits, ours.to(torch.bfloat16)(ids)
     assert torch.equal(ref.argmax(-1), got.argmax(-1))
     assert (ref.float() - got.float()).abs().max() < 0.5           # bf16 舍入；logits 量级约 10–30
 
