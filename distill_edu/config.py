@@ -61,14 +61,17 @@ def check_device(device):
         raise ValueError(f"设备 {device!r} 不可用：torch.backends.mps.is_available() 为 False；请改用 device='cpu'")
     return dev
 
-def check_token_ids(name: str, ids, vocab_size: int):
-    """token 编号必须是非空的整数张量、落在 [0, vocab_size) 内；否则点名报错（而不是嵌入层里一句
-    “index out of range in self”）。ids 在 GPU 上时这次检查要等 GPU，所以训练时在拷上 GPU 之前检查"""
+def check_token_ids(name: str, ids, vocab_size: int, ignore: int | None = None):
+    """token 编号必须是非空的整数张量、落在 [0, vocab_size) 内（等于 ignore 的位置不算，例如标签里的 -100）；
+    否则点名报错，而不是嵌入层里一句“index out of range in self”。ids 在 GPU 上时这次检查要等 GPU，
+    所以训练器在 batch 拷上 GPU 之前检查"""
     import torch
     if not torch.is_tensor(ids): raise ValueError(f"{name} 必须是 torch 张量（dtype=torch.long），收到 {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ValueError(f"{name} 必须是整数张量，收到 dtype={ids.dtype}")
     if ids.numel() == 0: raise ValueError(f"{name} 是空的（形状 {tuple(ids.shape)}），至少需要 1 个 token")
+    if ignore is not None: ids = ids[ids != ignore]
+    if ids.numel() == 0: return
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
