@@ -6,10 +6,10 @@ import argparse, contextlib, dataclasses, json, os, sys, tempfile, time
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from .config import ModelConfig, TrainingConfig
+from .config import ModelConfig, TrainingConfig, check_device, check_int, check_number, check_output_dir
 from .model import StudentModel, to_hf_qwen2
 from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, load_tokenizer
-from .distill import DistillationTrainer, check_vocab, load_teacher_model
+from .distill import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model
 
 # %% auto #0
 __all__ = ['RUN_OPTIONS', 'DEMO_OPTIONS', 'read_config_file', 'resolve_train_config', 'build_parser', 'setup_distributed',
@@ -57,12 +57,20 @@ def _add_flag(parser, name, typ, help):
 def read_config_file(path: str) -> dict:
     "读 YAML/JSON 配置文件，返回 dict；文件缺失 → FileNotFoundError，格式不对 → ValueError"
     if not os.path.isfile(path): raise FileNotFoundError(f"找不到配置文件 {path!r}")
-    text = open(path, encoding="utf-8").read()
-    if path.endswith((".yaml", ".yml")):
+    if not path.endswith((".yaml", ".yml", ".json")): raise ValueError(f"配置文件必须是 .yaml/.yml/.json，收到 {path!r}")
+    try: text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e: raise ValueError(f"配置文件 {path!r} 不是 UTF-8 文本（第 {e.start} 个字节）") from e
+    if path.endswith(".json"):
+        try: data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"配置文件 {path!r} 不是合法的 JSON：第 {e.lineno} 行第 {e.colno} 列，{e.msg}") from e
+    else:
         import yaml
-        data = yaml.safe_load(text) or {}
-    elif path.endswith(".json"): data = json.loads(text)
-    else: raise ValueError(f"配置文件必须是 .yaml/.yml/.json，收到 {path!r}")
+        try: data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"第 {mark.line + 1} 行第 {mark.column + 1} 列，" if mark else ""
+            raise ValueError(f"配置文件 {path!r} 不是合法的 YAML：{where}{getattr(e, 'problem', None) or e}") from e
     if not isinstance(data, dict): raise ValueError(f"配置文件 {path!r} 的顶层必须是字典，收到 {type(data).__name__}")
     return data
 
@@ -74,6 +82,8 @@ def resolve_train_config(args) -> tuple[TrainingConfig, ModelConfig, dict]:
     if unknown: raise ValueError(f"配置文件 {args.config!r} 里有不认识的键：{unknown}")
     given = lambda name: getattr(args, name, None) is not None
     train = {k: file[k] for k in train_names if k in file} | {k: getattr(args, k) for k in train_names if given(k)}
+    if not isinstance(file.get("student") or {}, dict):
+        raise ValueError(f"配置文件 {args.config!r} 里的 student 应是字典，收到 {file['student']!r}")
     student = dict(file.get("student") or {})
     if args.student_config: student |= read_config_file(args.student_config)
     options = {k: (getattr(args, k) if given(k) else file.get(k, default)) for k, (default, _, _) in RUN_OPTIONS.items()}
@@ -122,9 +132,22 @@ def rank_zero_first(rank: int, world: int):
     if world > 1 and rank == 0: dist.barrier()
 
 # %% ../nbs/07b_cli.ipynb #4aa01fd7
+def _check_train_paths(config: TrainingConfig, opt: dict, resume: str | None) -> str | None:
+    "训练之前检查所有输出路径（检查点目录、history.json、导出目录）和续训的检查点；返回续训用的检查点路径"
+    check_output_dir("checkpoint_dir", config.checkpoint_dir)
+    history = os.path.join(config.checkpoint_dir, "history.json")
+    if os.path.isdir(history): raise ValueError(f"{history!r} 是一个目录，训练历史写不进去")
+    if opt["export_hf"] is not None: check_output_dir("--export-hf", opt["export_hf"])
+    if not resume: return None
+    path = os.path.join(config.checkpoint_dir, "latest.pt") if resume == "latest" else resume
+    if not os.path.isfile(path): raise FileNotFoundError(f"找不到要续训的检查点 {path!r}")
+    return path
+
 def run_train(args) -> dict:
     "train 子命令：加载分词器、语料、教师和学生，训练（可续训），返回 history"
     config, model_config, opt = resolve_train_config(args)
+    resume = _check_train_paths(config, opt, args.resume)   # 分词、加载教师之前：这些错误不必等几分钟才出现
+    if opt["device"] is not None: check_device(opt["device"])
     rank, world, device = setup_distributed(opt["device"])
     try:
         torch.manual_seed(config.seed)
@@ -145,8 +168,8 @@ def run_train(args) -> dict:
         if rank == 0:
             print(f"学生 {student.count_parameters() / 1e6:.1f}M 参数 | 教师 {opt['teacher'] if teacher else '无（纯 CE 基线）'} | "
                   f"{world} 个进程 × batch {config.batch_size} | 精度 {trainer.precision} | 共 {trainer.total_steps} 步")
-        if args.resume:
-            trainer.load_checkpoint(None if args.resume == "latest" else args.resume)
+        if resume:
+            trainer.load_checkpoint(resume)
             if rank == 0: print(f"从第 {trainer.step} 步续训")
         history = trainer.train()
         if rank == 0:
@@ -214,8 +237,21 @@ def _demo_trainer(model, teacher, train_ds, val_ds, args, steps: int, alpha: flo
     return DistillationTrainer(model, teacher, loader, DataLoader(val_ds, batch_size=args.batch_size), config,
                                device=args.device, progress=False)
 
+def _check_demo_args(args):
+    "demo 的参数：步数、尺寸必须是正整数（0 步不代表“不训练”，而会被当成“按 epoch 训练”），比例和学习率在各自的区间内"
+    for name in ("max_bytes", "vocab", "seq_len", "batch_size", "teacher_steps", "student_steps", "new_tokens"):
+        check_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_int("--seed", args.seed, minimum=0)
+    check_number("--lr", args.lr, 0, lo_open=True)
+    check_number("--student-fraction", args.student_fraction, 0, 1, lo_open=True)
+    check_number("--alpha", args.alpha, 0, 1)
+    check_number("--temperature", args.temperature, 0, lo_open=True)
+    check_device(args.device)
+    if args.out is not None: check_output_dir("--out", args.out)
+
 def run_demo(args) -> dict:
     "demo 子命令：训练小教师 → 导出/读回 → 蒸馏学生与 CE 基线 → 打印验证困惑度和生成文本；返回结果字典"
+    _check_demo_args(args)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()                   # 小模型的保存/加载进度条只会刷屏
     t_start = time.time()
@@ -270,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train": run_train(args)
         else: run_demo(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"distill-edu: 错误：{e}", file=sys.stderr)
+        print(f"distill-edu: 错误：{_one_line(e)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:                       # 训练本身出了问题（NaN/Inf）：检查点还在，同样只打印一行
+        print(f"distill-edu: 训练停止：{_one_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+def _one_line(e: Exception) -> str: return " ".join(str(e).split())
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # python -m distill_edu.cli / torchrun -m

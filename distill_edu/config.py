@@ -2,11 +2,13 @@
 
 # %% ../nbs/00_config.ipynb #25fe31bc
 from __future__ import annotations
-import dataclasses
+import dataclasses, math, numbers, os
 from dataclasses import dataclass, asdict
 
+
 # %% auto #0
-__all__ = ['LOSS_KINDS', 'PRECISIONS', 'check_int', 'ModelConfig', 'expect_error', 'TrainingConfig']
+__all__ = ['LOSS_KINDS', 'PRECISIONS', 'check_int', 'check_number', 'check_warmup', 'check_output_dir', 'check_device',
+           'check_token_ids', 'ModelConfig', 'expect_error', 'TrainingConfig']
 
 # %% ../nbs/00_config.ipynb #270c565f
 def check_int(name: str, value, minimum: int = 1):
@@ -16,23 +18,76 @@ def check_int(name: str, value, minimum: int = 1):
         kind = {1: "正整数", 0: "非负整数"}.get(minimum, f"≥ {minimum} 的整数")
         raise ValueError(f"{name} 必须是{kind}，收到 {value!r}")
 
+def check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf, lo_open=False, hi_open=False):
+    "value 必须是有限的数字且落在区间内（开闭由参数决定），否则抛出点名的 ValueError（整个包共用这条检查）"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} 必须是数字，收到 {value!r}")
+    if not math.isfinite(value): raise ValueError(f"{name} 必须是有限的数字，收到 {value!r}")
+    if not ((value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)):
+        left = "(" if lo_open or lo == -math.inf else "["
+        right = ")" if hi_open or hi == math.inf else "]"
+        show = lambda x: "∞" if x == math.inf else "-∞" if x == -math.inf else f"{x}"
+        raise ValueError(f"{name} 必须在 {left}{show(lo)}, {show(hi)}{right} 内，收到 {value!r}")
+
+def check_warmup(warmup_steps: int, total_steps: int):
+    "预热步数不能超过总步数：否则学习率一直在爬坡，永远到不了设定的峰值"
+    if total_steps and warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} 超过了总步数 {total_steps}：学习率永远到不了峰值 learning_rate；"
+                         f"请把 warmup_steps 设为不超过 {total_steps} 的值")
+
+def check_output_dir(name: str, path) -> str:
+    "输出目录（检查点、导出）在训练开始之前就要确认可写：不是已有的文件、能创建、有写权限；返回 str 路径"
+    if isinstance(path, os.PathLike): path = os.fspath(path)
+    if not isinstance(path, str) or not path.strip(): raise ValueError(f"{name} 必须是非空的目录路径，收到 {path!r}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}={path!r} 已经是一个文件，不能用作输出目录")
+    try: os.makedirs(path, exist_ok=True)
+    except OSError as e: raise ValueError(f"无法创建 {name}={path!r}：{e.strerror or e}") from e
+    if not os.access(path, os.W_OK | os.X_OK): raise ValueError(f"{name}={path!r} 没有写权限")
+    return path
+
+def check_device(device):
+    "把 'cpu' / 'cuda' / 'cuda:1' / torch.device 变成 torch.device；这台机器上用不了的设备直接点名报错"
+    import torch
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise ValueError(f"不认识的设备 {device!r}（例如 'cpu'、'cuda'、'cuda:1'）") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "这个 PyTorch 没有编译 CUDA 支持" if torch.version.cuda is None else "找不到可用的 NVIDIA GPU/驱动"
+            raise ValueError(f"设备 {device!r} 不可用：{why}（torch.cuda.is_available() 为 False）；请改用 device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"设备 {device!r} 不存在：这台机器只有 {torch.cuda.device_count()} 张 GPU")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"设备 {device!r} 不可用：torch.backends.mps.is_available() 为 False；请改用 device='cpu'")
+    return dev
+
+def check_token_ids(name: str, ids, vocab_size: int, ignore: int | None = None):
+    """token 编号必须是非空的整数张量、落在 [0, vocab_size) 内（等于 ignore 的位置不算，例如标签里的 -100）；
+    否则点名报错，而不是嵌入层里一句“index out of range in self”。ids 在 GPU 上时这次检查要等 GPU，
+    所以训练器在 batch 拷上 GPU 之前检查"""
+    import torch
+    if not torch.is_tensor(ids): raise ValueError(f"{name} 必须是 torch 张量（dtype=torch.long），收到 {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{name} 必须是整数张量，收到 dtype={ids.dtype}")
+    if ids.numel() == 0: raise ValueError(f"{name} 是空的（形状 {tuple(ids.shape)}），至少需要 1 个 token")
+    if ignore is not None: ids = ids[ids != ignore]
+    if ids.numel() == 0: return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} 中有超出词表 [0, {vocab_size}) 的 token 编号 {bad}：分词器与模型的词表不一致？")
+
 def _check_positive_int(obj, *names):
     "检查 `obj` 上这些字段都是正整数，否则抛出点名的 ValueError"
     for name in names: check_int(f"{type(obj).__name__}.{name}", getattr(obj, name))
 
 def _check_range(obj, name, lo, hi, lo_open=False, hi_open=False):
-    "检查 `lo ≤ value ≤ hi`（开闭由参数决定），否则抛出点名的 ValueError"
-    v = getattr(obj, name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{type(obj).__name__}.{name} 必须是数字，收到 {v!r}")
-    ok_lo = v > lo if lo_open else v >= lo
-    ok_hi = v < hi if hi_open else v <= hi
-    if not (ok_lo and ok_hi):
-        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
-        raise ValueError(f"{type(obj).__name__}.{name} 必须在 {interval} 内，收到 {v!r}")
+    "检查字段是有限的数字且 `lo ≤ value ≤ hi`（开闭由参数决定），否则抛出点名的 ValueError"
+    check_number(f"{type(obj).__name__}.{name}", getattr(obj, name), lo, hi, lo_open, hi_open)
 
 def _from_dict(cls, d):
     "由 dict 构造 dataclass；多余的键直接报错（通常是拼写错误或来自别的配置）"
+    if not isinstance(d, dict): raise ValueError(f"{cls.__name__} 需要一个字典，收到 {type(d).__name__}：{d!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown: raise ValueError(f"{cls.__name__} 不认识这些字段：{unknown}（可用字段：{sorted(names)}）")
@@ -47,6 +102,7 @@ def _hf_rope_theta(hf_config) -> float:
     theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
     if theta is None: raise ValueError("Hugging Face 配置里找不到 rope_theta")
     return float(theta)
+
 
 # %% ../nbs/00_config.ipynb #8187a8bc
 @dataclass
@@ -148,7 +204,7 @@ class TrainingConfig:
     log_interval: int = 50
     eval_interval: int = 500
     save_interval: int = 1000
-    # —— 以下为原始任务表之外的字段 ——
+    # —— 以下字段让蒸馏做对、做快（在 07_distill 中逐一解释）——
     loss_kind: str = "forward_kl"   # 散度种类，见 LOSS_KINDS
     jsd_beta: float = 0.5           # 广义 JSD 的 β
     skew_lambda: float = 0.1        # skew KL 的混合系数 λ
@@ -182,6 +238,10 @@ class TrainingConfig:
             raise ValueError(f"未知的 precision={self.precision!r}，可选：{PRECISIONS}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"TrainingConfig.compile 必须是 bool，收到 {self.compile!r}")
+        if isinstance(self.checkpoint_dir, os.PathLike): self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir.strip():
+            raise ValueError(f"TrainingConfig.checkpoint_dir 必须是非空的目录路径字符串，收到 {self.checkpoint_dir!r}")
+        check_warmup(self.warmup_steps, self.max_steps)     # max_steps=0 时总步数要等训练器算出来，在那里再查一次
 
     def to_dict(self) -> dict: return asdict(self)
 

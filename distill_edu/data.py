@@ -2,7 +2,7 @@
 
 # %% ../nbs/06_data.ipynb #ec5a6e38
 from __future__ import annotations
-import base64, glob, gzip, hashlib, importlib.util, json, lzma, os, re, shutil, socket, tempfile, time, warnings
+import base64, glob, gzip, hashlib, importlib.util, json, lzma, os, re, shutil, socket, tempfile, time, warnings, zlib
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
@@ -292,24 +292,58 @@ def _resolve_files(source: str) -> list[Path]:
             raise ValueError(f"不支持的语料文件格式：{str(f)!r}（支持 {CORPUS_FORMATS}，txt/jsonl 可再加 .gz/.xz）")
     return files
 
+def _as_text(value, where: str, text_field: str) -> str:
+    "一篇文档的文本：字符串原样返回，None 当作空文档，其余类型（数字、列表……）点名报错"
+    if value is None or isinstance(value, str): return value or ""
+    raise ValueError(f"{where} 的字段 {text_field!r} 应是字符串，收到 {type(value).__name__}：{str(value)[:40]!r}")
+
+def _jsonl_text(path: Path, line_no: int, line: str, text_field: str) -> str:
+    "解析 JSONL 的一行，取出 text_field；坏行报出文件名和行号"
+    try: row = json.loads(line)
+    except json.JSONDecodeError as e: raise ValueError(f"{path}:{line_no} 不是合法的 JSON（{e.msg}，第 {e.colno} 列）") from e
+    if not isinstance(row, dict): raise ValueError(f"{path}:{line_no} 应是一个 JSON 对象，收到 {type(row).__name__}")
+    if text_field not in row: raise ValueError(f"{path}:{line_no} 没有字段 {text_field!r}")
+    return _as_text(row[text_field], f"{path}:{line_no}", text_field)
+
+def _guess_encoding(raw: bytes) -> str:
+    "粗略判断一段不是 UTF-8 的字节是什么：带 BOM 的 UTF-16、二进制，或中文文件常见的 GBK/GB18030"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")): return "看起来是 UTF-16 编码（有 BOM）"
+    if b"\x00" in raw: return "含有 NUL 字节，像是二进制文件"
+    try: raw[:raw.rfind(b"\n") + 1 or len(raw)].decode("gb18030")
+    except UnicodeDecodeError: return "也不是 GBK/GB18030，可能是二进制文件"
+    return "看起来是 GBK/GB18030 编码"
+
+_OPENERS = {"gz": gzip.open, "xz": lzma.open, None: open}
+
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
-    "逐篇产出一个语料文件里的文档"
+    "逐篇产出一个语料文件里的文档；编码不对、压缩包坏了、JSONL 坏行都报出文件名（和行号）"
     fmt, comp = _file_format(path)
-    if fmt == ".parquet":
-        import pyarrow.parquet as pq
-        pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise ValueError(f"{path} 没有列 {text_field!r}（有：{pf.schema_arrow.names}）")
-        for batch in pf.iter_batches(columns=[text_field]): yield from batch.column(0).to_pylist()
-        return
-    opener = {"gz": gzip.open, "xz": lzma.open, None: open}[comp]
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if fmt == ".txt": yield line
-            elif line.strip():
-                row = json.loads(line)
-                if text_field not in row: raise ValueError(f"{path}:{line_no} 没有字段 {text_field!r}")
-                yield row[text_field]
+    if fmt == ".parquet": yield from _read_parquet(path, text_field); return
+    line_no = 0
+    try:
+        with _OPENERS[comp](path, "rt", encoding="utf-8-sig") as f:     # utf-8-sig：顺便去掉 Windows 记事本的 BOM
+            for line_no, line in enumerate(f, 1):
+                if fmt == ".txt": yield line
+                elif line.strip(): yield _jsonl_text(path, line_no, line, text_field)
+    except UnicodeDecodeError as e:
+        with _OPENERS[comp](path, "rb") as f: raw = f.read(1 << 16)
+        guess = _guess_encoding(raw)
+        hint = "；请先转成 UTF-8（例如 iconv -f GB18030 -t UTF-8）" if "GBK" in guess else ""
+        raise ValueError(f"{path} 第 {line_no + 1} 行附近不是 UTF-8 文本，{guess}{hint}") from e
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        if comp is None: raise
+        raise ValueError(f"{path} 不是有效的 .{comp} 压缩文件（{type(e).__name__}: {e}）") from e
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa, pyarrow.parquet as pq
+    try: pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e: raise ValueError(f"{path} 不是有效的 parquet 文件：{e}") from e
+    schema = pf.schema_arrow
+    if text_field not in schema.names: raise ValueError(f"{path} 没有列 {text_field!r}（有：{schema.names}）")
+    col_type = schema.field(text_field).type
+    if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+        raise ValueError(f"{path} 的列 {text_field!r} 应是字符串，实际类型是 {col_type}")
+    for batch in pf.iter_batches(columns=[text_field]): yield from batch.column(0).to_pylist()
 
 def _hub_documents(source: str, text_field: str, subset: str | None) -> Iterator[str]:
     "从 Hugging Face（wikipedia）或 ModelScope 流式读取；网络不通时给出可操作的报错"
@@ -326,7 +360,7 @@ def _hub_documents(source: str, text_field: str, subset: str | None) -> Iterator
     else:
         from modelscope.msdatasets import MsDataset
         ds = MsDataset.load(source.split(":", 1)[1], subset_name=subset, split="train", use_streaming=True)
-    return (row[text_field] for row in ds)
+    return (_as_text(row[text_field], f"{source} 第 {i} 条", text_field) for i, row in enumerate(ds, 1))
 
 def _to_simplified() -> Callable[[str], str]:
     try: import opencc
@@ -371,7 +405,7 @@ def _limited(docs, max_samples, max_bytes, convert) -> Iterator[str]:
         if (max_samples and n_docs >= max_samples) or (max_bytes and n_bytes >= max_bytes): return
 
 # %% ../nbs/06_data.ipynb #3ead172c
-_TOKEN_CACHE_VERSION = 1
+_TOKEN_CACHE_VERSION = 2     # 2：meta.json 记录 .bin 的校验和与所读文档的哈希
 SPLITS = ("train", "validation")
 
 def document_separator(tokenizer) -> int:
@@ -412,18 +446,26 @@ def tokenize_to_cache(tokenizer, source="wikipedia", max_samples=None, max_bytes
                       to_simplified=False, text_field="text", cache_dir=None, batch_docs=512,
                       verbose=True) -> Path:
     """把语料分词成两条 uint32 token 流（每篇文档后接 EOS），写入缓存目录的 train.bin / validation.bin
-    和 meta.json；缓存已存在时直接返回目录，不再分词。"""
+    和 meta.json；缓存已存在且完好时直接返回目录（完好 = meta.json 可读、.bin 的大小与校验和对得上、
+    本地语料文件的内容没变），否则发出警告并重新分词。"""
     target = token_cache_dir(tokenizer, source, max_samples, max_bytes, val_fraction, to_simplified,
                              text_field, cache_dir)
-    if (target / "meta.json").is_file():
-        if verbose: print(f"使用 token 缓存：{target}")
-        return target
-    docs = load_corpus(source, max_samples, max_bytes, text_field, to_simplified)
-    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=_ensure_dir(target.parent)))
+    corpus = lambda: load_corpus(source, max_samples, max_bytes, text_field, to_simplified)
+    if target.exists():
+        problem = _cache_problem(target, corpus if _source_kind(source) == "files" else None)
+        if problem is None:
+            if verbose: print(f"使用 token 缓存：{_display(target)}")
+            return target
+        warnings.warn(f"token 缓存 {_display(target)} 不可用（{problem}），重新分词")
+        shutil.rmtree(target, ignore_errors=True)
+    _remove_orphans(_ensure_dir(target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=target.parent))
     try:
-        meta = _write_token_streams(tokenizer, docs, tmp, val_fraction, batch_docs)
+        digest = hashlib.sha256()
+        meta = _write_token_streams(tokenizer, _hashed(corpus(), digest), tmp, val_fraction, batch_docs)
         if meta["documents"] == 0: raise ValueError(f"语料为空：source={source!r} 没有产生任何非空文档")
-        meta.update(source=source, max_samples=max_samples, max_bytes=max_bytes, val_fraction=val_fraction)
+        meta.update(source=source, max_samples=max_samples, max_bytes=max_bytes, val_fraction=val_fraction,
+                    corpus_sha256=digest.hexdigest())
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
         try: os.replace(tmp, target)                       # 原子地换上完整的缓存目录
         except OSError:                                     # 另一个进程抢先写好了同一个缓存：用它的
@@ -433,11 +475,68 @@ def tokenize_to_cache(tokenizer, source="wikipedia", max_samples=None, max_bytes
         shutil.rmtree(tmp, ignore_errors=True); raise
     if verbose:
         print(f"分词完成：{meta['documents']:,} 篇文档、{meta['train_tokens'] + meta['validation_tokens']:,} 个 token，"
-              f"{meta['seconds']:.1f}s，{meta['tokens_per_second']:,.0f} tokens/s → {target}")
+              f"{meta['seconds']:.1f}s，{meta['tokens_per_second']:,.0f} tokens/s → {_display(target)}")
     return target
+
+def _display(path: Path) -> str:
+    "打印用的路径：家目录写成 ~（日志里不带用户名）"
+    home = str(Path.home())
+    return "~" + str(path)[len(home):] if str(path).startswith(home + os.sep) else str(path)
+
+def _hashed(docs: Iterator[str], digest) -> Iterator[str]:
+    "原样产出文档，同时把每篇的 UTF-8 字节（以 \\0 分隔）喂给 digest：记下这份缓存到底读了哪些文本"
+    for doc in docs:
+        digest.update(doc.encode("utf-8") + b"\0")
+        yield doc
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24): h.update(block)
+    return h.hexdigest()
+
+def _cache_problem(target: Path, corpus: Callable[[], Iterator[str]] | None) -> str | None:
+    """缓存目录哪里不对；完好时返回 None。corpus 不为 None 时（本地文件）把语料重读一遍、与记录的哈希比较：
+    只读文本不分词，比重新分词快得多，却能发现“大小和修改时间都没变、内容却改了”的文件"""
+    try: meta = json.loads((target / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e: return f"meta.json 读不了：{type(e).__name__}"
+    fields = [f"{s}_tokens" for s in SPLITS]
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) for k in fields) \
+            or not isinstance(meta.get("sha256"), dict):
+        return "meta.json 缺少字段"
+    for s in SPLITS:
+        f, expected = target / f"{s}.bin", 4 * meta[f"{s}_tokens"]
+        if not f.is_file(): return f"{f.name} 不见了"
+        size = f.stat().st_size
+        if size != expected: return f"{f.name} 有 {size} 字节，meta.json 记录的是 {expected} 字节（被截断或改写过）"
+        if _file_sha256(f) != meta["sha256"].get(s): return f"{f.name} 的内容与 meta.json 记录的校验和不符"
+    if corpus is not None:
+        digest = hashlib.sha256()
+        for _ in _hashed(corpus(), digest): pass
+        if digest.hexdigest() != meta.get("corpus_sha256"): return "语料文件的内容与分词时不同"
+    return None
+
+def _tmp_prefix() -> str:
+    "构建中的临时目录名带上进程号和主机名：进程被杀掉之后，下一次构建能认出它留下的目录"
+    return f".build-{os.getpid()}@{socket.gethostname()}-"
+
+def _remove_orphans(parent: Path):
+    "删掉被杀掉的构建（kill -9、断电）留下的临时目录：本机上创建它的进程已经不在了"
+    if os.name == "nt": return                             # Windows 上的 os.kill(pid, 0) 会结束进程，不能用来探测
+    host = socket.gethostname()
+    for d in parent.glob(".build-*"):
+        m = re.fullmatch(r"\.build-(\d+)@(.+)-\w+", d.name)
+        if m and m[2] == host and not _pid_alive(int(m[1])): shutil.rmtree(d, ignore_errors=True)
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass                           # 进程在，只是属于别的用户
+    return True
 
 def _write_token_streams(tokenizer, docs, out_dir: Path, val_fraction: float, batch_docs: int) -> dict:
     eos, n_docs, counts = document_separator(tokenizer), 0, dict.fromkeys(SPLITS, 0)
+    hashes = {s: hashlib.sha256() for s in SPLITS}
     files = {s: open(out_dir / f"{s}.bin", "wb") for s in SPLITS}
     t0 = time.perf_counter()
     try:
@@ -452,11 +551,13 @@ def _write_token_streams(tokenizer, docs, out_dir: Path, val_fraction: float, ba
             for s, arrays in per_split.items():
                 if arrays:
                     chunk = np.concatenate(arrays); chunk.tofile(files[s]); counts[s] += chunk.size
+                    hashes[s].update(chunk)
     finally:
         for f in files.values(): f.close()
     seconds = time.perf_counter() - t0
     return {"documents": n_docs, "train_tokens": counts["train"], "validation_tokens": counts["validation"],
-            "seconds": seconds, "tokens_per_second": sum(counts.values()) / max(seconds, 1e-9)}
+            "seconds": seconds, "tokens_per_second": sum(counts.values()) / max(seconds, 1e-9),
+            "sha256": {s: h.hexdigest() for s, h in hashes.items()}}
 
 def check_fits_model(tokenizer, seq_len: int, model_config: ModelConfig | None) -> None:
     "检查 seq_len 不超过模型的 max_seq_len、分词器的全部 id 都落在模型词表内；不合适时报出具体数值"

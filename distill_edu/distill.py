@@ -7,14 +7,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .config import TrainingConfig, LOSS_KINDS
+from .config import (TrainingConfig, LOSS_KINDS, check_device, check_int, check_number, check_output_dir, check_token_ids,
+                                check_warmup)
 from .model import load_hf_qwen2, read_gguf_metadata
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'divergence', 'slice_teacher_vocab', 'distillation_loss', 'chunked_distillation_loss',
            'default_teacher_dtype', 'teacher_vocab_rows', 'check_vocab', 'model_logits', 'teacher_hidden_and_head',
            'load_teacher_model', 'resolve_precision', 'build_optimizer', 'lr_multiplier', 'device_peak_flops',
-           'flops_per_token', 'atomic_save', 'DistillationTrainer', 'plot_history']
+           'flops_per_token', 'atomic_save', 'TrainingDiverged', 'DistillationTrainer', 'plot_history']
 
 # %% ../nbs/07_distill.ipynb #13e1aac5
 IGNORE_INDEX = -100   # 标签中的“忽略”标记（与 PyTorch 的 cross_entropy 一致）
@@ -53,12 +54,29 @@ def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str
 
 # %% ../nbs/07_distill.ipynb #e2b0888a
 def _check_loss_args(alpha, temperature, kind, beta=0.5, lam=0.1):
-    "检查损失超参数，错误时抛出点名的 ValueError"
+    "检查损失超参数（有限的数字、落在各自的区间内），错误时抛出点名的 ValueError"
     if kind not in LOSS_KINDS: raise ValueError(f"未知的散度 kind={kind!r}，可选：{LOSS_KINDS}")
-    if not 0 <= alpha <= 1: raise ValueError(f"alpha 必须在 [0, 1] 内，收到 alpha={alpha!r}")
-    if not temperature > 0: raise ValueError(f"temperature 必须 > 0，收到 temperature={temperature!r}")
-    if not 0 <= beta <= 1: raise ValueError(f"jsd_beta 必须在 [0, 1] 内，收到 beta={beta!r}")
-    if not 0 <= lam <= 1: raise ValueError(f"skew_lambda 必须在 [0, 1] 内，收到 lam={lam!r}")
+    check_number("alpha", alpha, 0, 1)
+    check_number("temperature", temperature, 0, lo_open=True)
+    check_number("jsd_beta", beta, 0, 1)
+    check_number("skew_lambda", lam, 0, 1)
+
+def _check_shapes(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None, what="logits"):
+    """学生 (..., X)、教师 (..., Y) 与 labels (...) 的前几维必须逐维相同：不做广播，也不接受“元素个数相同”的
+    转置或错位张量（那样每个 token 会和别的位置的教师分布配对，损失照样算得出来，却是错的）"""
+    lead = tuple(student.shape[:-1])
+    if not torch.is_tensor(labels) or tuple(labels.shape) != lead:
+        shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(f"labels 的形状 {shape} 应为 {lead}（与学生 {what} {tuple(student.shape)} 的前几维相同）")
+    if teacher is not None and tuple(teacher.shape[:-1]) != lead:
+        raise ValueError(f"教师 {what} 的形状 {tuple(teacher.shape)} 与学生 {tuple(student.shape)} 的前几维不一致："
+                         f"应为 {lead + (teacher.shape[-1],)}（不做广播；转置过的张量也会被发现）")
+
+_MASKED_LOGIT = -1e4   # 被遮掉的词表列的 logit：exp(−10⁴/T) 在 float32 里就是 0（T > 1 时按 T 放大，见下）
+
+def _mask_logit(temperature: float) -> float:
+    "遮掉一列用的有限 logit：除以 T 之后仍是 −10⁴，exp 在 float32 里恰好为 0，又不会像 −∞ 那样造出 0·(−∞) = NaN"
+    return _MASKED_LOGIT * max(1.0, temperature)
 
 def _check_teacher_rows(rows: int, student_vocab: int, source=None):
     "教师的输出行数必须 ≥ 学生词表（多出来的是填充行，切掉即可）；少了说明两者不是同一套分词器。source：报错时点名的文件"
@@ -84,22 +102,23 @@ def _metrics(total, kl, ce):
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
                       alpha: float = 0.5, temperature: float = 2.0, kind: str = "forward_kl",
-                      beta: float = 0.5, lam: float = 0.1):
+                      beta: float = 0.5, lam: float = 0.1, check_labels: bool = True):
     """朴素（一次性构造全部 logits）的蒸馏损失：total = α·T²·D + (1−α)·CE。
 
     student_logits: (B, T, V_s) 任意浮点类型；teacher_logits: (B, T, V_t)，V_t ≥ V_s（多出的行被切掉），
-    α=0 时可以为 None；labels: (B, T) long，-100 表示忽略。D 与 CE 都是对未忽略 token 的平均，在 float32 中计算。
+    α=0 时可以为 None，被遮掉的词（logit 为 −∞）概率为 0；labels: (B, T) long，-100 表示忽略，其余必须在 [0, V_s) 内
+    （check_labels=False 时不检查：检查要等 GPU 一次，训练器在 batch 拷上 GPU 之前已经查过）。D 与 CE 都是对未忽略 token 的平均，在 float32 中计算。
     返回 (total 标量张量, {"kl_loss", "ce_loss", "total_loss"})，其中 kl_loss 是未乘 T² 的散度 D（任一 kind）。"""
     _check_loss_args(alpha, temperature, kind, beta, lam)
     if teacher_logits is None and alpha > 0: raise ValueError(f"alpha={alpha} > 0 需要教师 logits，收到 None")
     V = student_logits.size(-1)
+    _check_shapes(student_logits, labels, None if alpha == 0 else teacher_logits)
+    if check_labels: check_token_ids("labels", labels, V, ignore=IGNORE_INDEX)
     s = _fp32(student_logits.reshape(-1, V))
     y = labels.reshape(-1)
-    if y.numel() != s.size(0): raise ValueError(f"labels 形状 {tuple(labels.shape)} 与 logits {tuple(student_logits.shape)} 不匹配")
     valid = y != IGNORE_INDEX
-    if bool((y[valid] >= V).any() | (y[valid] < 0).any()):
-        raise ValueError(f"labels 中有超出学生词表 [0, {V}) 的 id：{y[valid].max().item()}")
     t = None if alpha == 0 else _fp32(slice_teacher_vocab(teacher_logits, V).reshape(-1, V))
+    if t is not None: t = t.masked_fill(t == float("-inf"), _mask_logit(temperature))   # −∞ 遮罩 → 概率为 0 的有限 logit
     t_logp = None if t is None else F.log_softmax(t / temperature, -1)
     n = valid.sum().clamp(min=1)
     kl_sum, ce_sum = _loss_sums(s, t_logp, y, temperature, kind, beta, lam)
@@ -134,8 +153,6 @@ def _divergence_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta
         return _kl(logp, M), _softmax_grad(q, -(1 - lam) * (logp - M).exp())   # a = −(1−λ) p/M
     raise ValueError(f"未知的散度 kind={kind!r}，可选：{LOSS_KINDS}")
 
-_MASKED_LOGIT = -1e4   # 补出来的词表列的 logit：exp(−10⁴/T) 在 float32 里就是 0
-
 def _log_softmax_shifted(x: torch.Tensor, temperature: float) -> torch.Tensor:
     "x 已减去行最大值（每行最大为 0）：log_softmax(x/T) = x/T − log Σ exp(x/T)，和式 ≥ 1，不会上溢也不会 log 0"
     u = x / temperature
@@ -149,7 +166,8 @@ def _chunk_loss_grad(z, t, y, alpha, temperature, kind, beta, lam, want_grad, vo
     valid, mm_dtype = y != IGNORE_INDEX, z.dtype
     y0 = torch.where(valid, y, 0)                                     # 被忽略的位置随便放一个合法 id，下面乘 valid 清零
     real = torch.arange(z.size(1), device=z.device) < vocab          # 真实词表的列
-    z = torch.where(real, _fp32(z), _MASKED_LOGIT)
+    mask = _mask_logit(temperature)                                   # 补出来的列：有限的“负无穷”（见 4 节）
+    z = torch.where(real, _fp32(z), mask)
     z = z - z.amax(-1, keepdim=True)                                  # 减去行最大值；T > 0 时 max(z/T) = max(z)/T，两个温度共用
     log_s = _log_softmax_shifted(z, 1.0)                              # T = 1 的学生 log 概率（CE 用）
     ce = -(log_s.gather(1, y0[:, None]).squeeze(1) * valid).sum()
@@ -158,7 +176,7 @@ def _chunk_loss_grad(z, t, y, alpha, temperature, kind, beta, lam, want_grad, vo
         onehot = torch.arange(z.size(1), device=z.device) == y0[:, None]
         g = (1 - alpha) * (log_s.exp() - onehot.float())              # (1−α)(softmax(z) − e_y)
     if t is not None:
-        t = torch.where(real, _fp32(t), _MASKED_LOGIT)
+        t = torch.where(real, _fp32(t), mask)
         logq = _log_softmax_shifted(z, temperature)
         logp = _log_softmax_shifted(t - t.amax(-1, keepdim=True), temperature)
         d, grad_u = _divergence_and_grad(logq, logp, kind, beta, lam)
@@ -303,21 +321,28 @@ class _ChunkedDistillLoss(torch.autograd.Function):
 def chunked_distillation_loss(student_hidden: torch.Tensor, student_head_weight: torch.Tensor, labels: torch.Tensor,
                               teacher_hidden: torch.Tensor | None = None, teacher_head_weight: torch.Tensor | None = None,
                               alpha: float = 0.5, temperature: float = 2.0, kind: str = "forward_kl",
-                              beta: float = 0.5, lam: float = 0.1, chunk_size: int = 1024, compiled: bool = False):
+                              beta: float = 0.5, lam: float = 0.1, chunk_size: int = 1024, compiled: bool = False,
+                              check_labels: bool = True):
     """与 `distillation_loss` 数值相同（损失与梯度），但从不构造完整的 (token × 词表) logits。
 
     student_hidden: (B, T, d) 学生最后一层归一化后的隐藏状态（LM head 之前）；student_head_weight: (V_s, d)；
     teacher_hidden: (B, T, d_t)，teacher_head_weight: (V_t, d_t)，V_t ≥ V_s（α=0 时两者可为 None）；
     labels: (B, T) long。LM head 的乘法跟随 autocast 的 dtype，损失在 float32 中计算，每块 chunk_size 个 token；
     compiled=True 时逐块的损失与梯度用融合的 kernel（GPU 上的前向 KL / 纯 CE 用 5.3 节的 Triton kernel，其余散度用
-    torch.compile）。返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
+    torch.compile）。labels 的检查与 `distillation_loss` 相同（check_labels=False 时跳过）。
+    返回 (total, {"kl_loss","ce_loss","total_loss"})。"""
     _check_loss_args(alpha, temperature, kind, beta, lam)
-    if chunk_size <= 0: raise ValueError(f"chunk_size 必须是正整数，收到 {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     V = student_head_weight.size(0)
     if alpha > 0 and (teacher_hidden is None or teacher_head_weight is None):
         raise ValueError(f"alpha={alpha} > 0 需要教师隐藏状态和 LM head 权重，收到 None")
     if alpha == 0: teacher_hidden = teacher_head_weight = None          # 纯 CE：不碰教师
     else: _check_teacher_rows(teacher_head_weight.size(0), V)
+    _check_shapes(student_hidden, labels, teacher_hidden, what="隐藏状态")
+    for name, hidden, weight in (("学生", student_hidden, student_head_weight), ("教师", teacher_hidden, teacher_head_weight)):
+        if hidden is not None and hidden.size(-1) != weight.size(-1):
+            raise ValueError(f"{name}隐藏状态的最后一维 {hidden.size(-1)} 与 LM head 权重 {tuple(weight.shape)} 的第二维不一致")
+    if check_labels: check_token_ids("labels", labels, V, ignore=IGNORE_INDEX)
     h = student_hidden.reshape(-1, student_hidden.size(-1))
     th = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.size(-1))
     want_grad = torch.is_grad_enabled() and (h.requires_grad or student_head_weight.requires_grad)
@@ -506,10 +531,39 @@ class _StudentLoss(nn.Module):
         if c.loss_chunk_size > 0:
             th, tw = teacher_out if teacher_out is not None else (None, None)
             return chunked_distillation_loss(self.hidden_fn(input_ids), self.student.lm_head.weight, labels, th, tw,
-                                             chunk_size=c.loss_chunk_size, compiled=self.compiled, **kw)
-        return distillation_loss(self.logits_fn(input_ids), teacher_out, labels, **kw)
+                                             chunk_size=c.loss_chunk_size, compiled=self.compiled, check_labels=False, **kw)
+        return distillation_loss(self.logits_fn(input_ids), teacher_out, labels, check_labels=False, **kw)
+
+class _BadStepWatch:
+    """连续坏步（NaN/Inf）的计数器留在 GPU 上：每步在 GPU 上更新，再异步拷进一小块锁页内存，CPU 不等 GPU。
+    `push` 读出已经拷完的那些步，最多落后 lag 步（队列满了才等最老的一步，那时 GPU 还排着 lag 步的活，不会空转）；
+    返回第一个连续坏步数达到 limit 的步号，否则 None。CPU 上没有异步可言，每步直接读"""
+    def __init__(self, device: torch.device, start: int, lag: int = 4):
+        self.count = torch.tensor(start, device=device, dtype=torch.int32)
+        self.cuda, self.lag, self.queue = device.type == "cuda", lag, []
+        if self.cuda:
+            self.slots = [torch.zeros((), dtype=torch.int32, pin_memory=True) for _ in range(lag + 1)]
+            self.events = [torch.cuda.Event() for _ in range(lag + 1)]
+
+    def push(self, step: int, finite: torch.Tensor, limit: int) -> int | None:
+        self.count = torch.where(finite, 0, self.count + 1)          # 好的一步清零，坏的一步加一（都在 GPU 上）
+        if not self.cuda: return step if int(self.count) >= limit else None
+        i = step % (self.lag + 1)
+        self.slots[i].copy_(self.count, non_blocking=True); self.events[i].record()
+        self.queue.append((step, i))
+        while self.queue and (len(self.queue) > self.lag or self.events[self.queue[0][1]].query()):
+            done, j = self.queue.pop(0)
+            self.events[j].synchronize()
+            if int(self.slots[j]) >= limit: return done
+        return None
+
 
 # %% ../nbs/07_distill.ipynb #fd08cbb2
+class TrainingDiverged(RuntimeError):
+    "连续 max_bad_steps 步出现 NaN/Inf：训练停止（命令行把它打印成一行）"
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch_in_epoch", "best_val_loss",
+                    "bad_steps", "config", "model_config", "rng", "history")
 _HISTORY_KEYS = ("step", "train_loss", "kl_loss", "ce_loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
                  "val_step", "val_loss", "val_ppl", "skipped_steps")
 
@@ -524,7 +578,8 @@ class DistillationTrainer:
                  progress: bool | None = None):
         if teacher is None and config.alpha > 0:
             raise ValueError(f"alpha={config.alpha} > 0 需要教师模型；纯交叉熵基线请设 alpha=0")
-        self.config, self.device = config, torch.device(device)
+        self.config, self.device = config, check_device(device)
+        check_output_dir("checkpoint_dir", config.checkpoint_dir)     # 现在就发现，而不是训练完第一次存盘时
         if self.device.type == "cuda" and self.device.index is None:     # "cuda" → 当前卡，多卡时需要明确的编号
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.rank, self.world = _dist_info()
@@ -571,6 +626,7 @@ class DistillationTrainer:
         per_epoch = len(self.train_loader) // c.grad_accum_steps
         if per_epoch == 0:
             raise ValueError(f"训练集只有 {len(self.train_loader)} 个 batch，少于 grad_accum_steps={c.grad_accum_steps}")
+        check_warmup(c.warmup_steps, per_epoch * c.num_epochs)
         return per_epoch * c.num_epochs
 
     def _start_epoch(self):
@@ -597,7 +653,18 @@ class DistillationTrainer:
         return batch
 
     def _to_device(self, batch):
-        ids, labels = (batch["input_ids"], batch["labels"]) if isinstance(batch, dict) else batch
+        "取出 (input_ids, labels)，检查之后拷上设备。DataLoader 产出的是 CPU 张量，此时检查不用等 GPU"
+        if isinstance(batch, dict) and {"input_ids", "labels"} <= batch.keys(): ids, labels = batch["input_ids"], batch["labels"]
+        elif isinstance(batch, (list, tuple)) and len(batch) == 2: ids, labels = batch
+        else:
+            what = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"batch 应是 {{'input_ids', 'labels'}} 字典或 (input_ids, labels) 二元组，收到 {what}")
+        vocab = self.student.config.vocab_size
+        check_token_ids("batch 的 input_ids", ids, vocab)
+        check_token_ids("batch 的 labels", labels, vocab, ignore=IGNORE_INDEX)
+        if ids.dim() != 2 or labels.shape != ids.shape:
+            raise ValueError(f"batch 的 input_ids 应为 (batch, seq) 二维张量、labels 与它同形状，"
+                             f"收到 {tuple(ids.shape)} 与 {tuple(labels.shape)}")
         return ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def _autocast(self):
@@ -660,8 +727,8 @@ class DistillationTrainer:
         self.history["skipped_steps"].append(step)
         self._print(f"第 {step} 步出现 NaN/Inf（loss={loss}, grad_norm={grad_norm}），跳过了这一步，没有更新参数")
         if self.bad_steps >= self.config.max_bad_steps:
-            raise RuntimeError(f"连续 {self.bad_steps} 步（截至第 {step} 步）出现 NaN/Inf，停止训练以免破坏模型；"
-                               f"请降低 learning_rate、检查数据，或从上一个检查点续训")
+            raise TrainingDiverged(f"连续 {self.bad_steps} 步（第 {step - self.bad_steps + 1}–{step} 步）出现 NaN/Inf，"
+                                   f"停止训练以免破坏模型；请降低 learning_rate、检查数据，或从上一个检查点续训")
 
     # —— 日志、评估、检查点 ——
     @property
@@ -714,9 +781,12 @@ class DistillationTrainer:
 
     def _record_eval(self):
         res = self.evaluate()
+        if not math.isfinite(res["val_loss"]):
+            warnings.warn(f"第 {self.step} 步的验证损失是 {res['val_loss']}：模型在验证集上算出了 NaN/Inf"
+                          f"（学习率过大？fp16 溢出？），这次评估不计入 best_val_loss")
         self.history["val_step"].append(self.step)
         self.history["val_loss"].append(res["val_loss"]); self.history["val_ppl"].append(res["val_ppl"])
-        self.best_val_loss = min(self.best_val_loss, res["val_loss"])
+        if math.isfinite(res["val_loss"]): self.best_val_loss = min(self.best_val_loss, res["val_loss"])
         self._print(f"step {self.step:>6}/{self.total_steps} | val_loss {res['val_loss']:.4f} | val_ppl {res['val_ppl']:.2f}")
         return res
 
@@ -748,6 +818,9 @@ class DistillationTrainer:
         except Exception as e: raise ValueError(f"检查点 {path!r} 损坏或被截断，无法读取：{e}") from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != "distill_edu/1":
             raise ValueError(f"{path!r} 不是 distill_edu 训练检查点")
+        missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+        if missing or not isinstance(ckpt["model_config"], dict):
+            raise ValueError(f"检查点 {path!r} 不完整：缺少 {missing or ['model_config（不是字典）']}，无法续训")
         ours = self.student.config.to_dict()
         diff = {k: (ckpt["model_config"].get(k), v) for k, v in ours.items() if ckpt["model_config"].get(k) != v}
         if diff: raise ValueError(f"检查点 {path!r} 来自另一个模型配置（字段: (检查点, 当前)）：{diff}")
@@ -776,10 +849,13 @@ class DistillationTrainer:
         self.student.train()
         acc, n, t0 = dict.fromkeys(("loss", "kl", "ce", "grad_norm", "tokens"), 0.0), 0, time.perf_counter()
         pending = []                                       # 还没读回 CPU 的 (step, stats)
+        watch = _BadStepWatch(self.device, self.bad_steps)
         while self.step < end:
             out = self._train_step()
             bar.update(1)
             pending.append((self.step, out["stats"]))
+            if watch.push(self.step, out["stats"][4] > 0, c.max_bad_steps) is not None:
+                n += self._read_back(pending, acc); pending = []   # 坏步够数了：按顺序处理攒下的步，`_skip_step` 在正确的那一步停下
             acc["tokens"] += out["tokens"]; acc["lr"] = out["lr"]
             log_now = self.step % c.log_interval == 0 or self.step == end
             eval_now = self.val_loader is not None and (self.step % c.eval_interval == 0 or self.step == end)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, check_int
+from .config import ModelConfig, check_device, check_int, check_number, check_token_ids
 from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 
 # %% auto #0
@@ -22,11 +22,10 @@ def check_sampling_args(strategy: str = "greedy", temperature: float = 1.0, top_
     "检查采样参数；任何一个不合法都抛出点名的 ValueError"
     if strategy not in STRATEGIES:
         raise ValueError(f"未知的 strategy={strategy!r}，可选：{STRATEGIES}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature 必须 > 0，收到 {temperature!r}；想要确定性的输出请用 strategy='greedy'")
+    try: check_number("temperature", temperature, 0, lo_open=True)
+    except ValueError as e: raise ValueError(f"{e}；想要确定性的输出请用 strategy='greedy'") from None
     check_int("top_k", top_k)
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p 必须在 (0, 1] 内，收到 {top_p!r}")
+    check_number("top_p", top_p, 0, 1, lo_open=True)
 
 # %% ../nbs/08_generate.ipynb #76c50c86
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -161,12 +160,13 @@ class TextGenerator:
 
     tokenizer 是 Hugging Face 分词器（Qwen2.5 的字节级 BPE）；模型会被移到 device 并切换到 eval 模式。"""
     def __init__(self, model, tokenizer, device=None):
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = check_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.text_vocab_size = len(tokenizer)                       # 超出它的编号（教师的填充行）不能被采样
+        self.model_vocab_size = model.config.vocab_size
 
     def encode(self, prompt: str) -> list[int]:
         "把一个提示编码为 token 编号；空提示报错"
@@ -174,6 +174,9 @@ class TextGenerator:
             raise ValueError(f"prompt 必须是非空字符串，收到 {prompt!r}")
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         if not ids: raise ValueError(f"prompt={prompt!r} 分词后没有任何 token")
+        # 分词器比模型的词表大时（例如压缩过词表的小模型），越界的编号会在嵌入层里变成一句 “index out of range”
+        check_token_ids(f"prompt={prompt[:20]!r} 的 token 编号（模型 vocab_size={self.model_vocab_size}）",
+                        torch.tensor(ids), self.model_vocab_size)
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -260,7 +263,7 @@ def _read_checkpoint(path: Path) -> dict:
 def load_trained_model(checkpoint_path, device="cpu"):
     """读取 07_distill 的检查点文件（或 Hugging Face 格式的目录、`.gguf` 文件），返回处于 eval 模式、位于 device 上的 StudentModel。
     结构取自检查点里的 model_config；权重为 float32（检查点里是什么 dtype 就按模型参数的 dtype 复制进来）。"""
-    path = Path(checkpoint_path)
+    path, device = Path(checkpoint_path), check_device(device)
     if not path.exists(): raise FileNotFoundError(f"找不到检查点：{path}")
     if path.suffix == ".gguf": return _load_hf_student(path).to(device).eval()
     if path.is_dir():

@@ -49,6 +49,60 @@ def test_bad_config_errors(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "c.toml")]) == 2
 
 
+def _files(tmp_path):
+    "坏配置文件和挡路的文件，供下面的表使用"
+    (tmp_path / "bad.yaml").write_text("batch_size: 4\nalpha: [0.5\n")
+    (tmp_path / "bad.json").write_text('{"batch_size": 4,}')
+    (tmp_path / "gbk.yaml").write_bytes("温度: 2".encode("gbk"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "student.yaml").write_text("student: 12\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "ckpt" / "history.json").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--config", "{t}/bad.yaml"], r"bad.yaml' 不是合法的 YAML：第 3 行第 1 列"),
+    (["train", "--config", "{t}/bad.json"], r"bad.json' 不是合法的 JSON：第 1 行第 18 列"),
+    (["train", "--config", "{t}/gbk.yaml"], "gbk.yaml' 不是 UTF-8 文本"),
+    (["train", "--config", "{t}/list.yaml"], "顶层必须是字典，收到 list"),
+    (["train", "--config", "{t}/student.yaml"], "student 应是字典，收到 12"),
+    (["train", "--student-config", "{t}/bad.yaml"], "不是合法的 YAML"),
+    (["train", "--learning-rate", "inf"], "learning_rate 必须是有限的数字"),
+    (["train", "--warmup-steps", "50", "--max-steps", "10"], "warmup_steps=50 超过了总步数 10"),
+    (["train", "--checkpoint-dir", "{t}/a_file"], "checkpoint_dir=.*a_file' 已经是一个文件"),
+    (["train", "--checkpoint-dir", "{t}/a_file/sub"], "无法创建 checkpoint_dir"),
+    (["train", "--checkpoint-dir", "{t}/ckpt"], "history.json' 是一个目录"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--export-hf", "{t}/a_file"], "--export-hf=.*a_file' 已经是一个文件"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--resume"], "找不到要续训的检查点 .*ok/latest.pt"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--resume", "{t}/nope.pt"], "nope.pt"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--device", "tpu9"], "不认识的设备 'tpu9'"),
+    (["demo", "--teacher-steps", "0"], "--teacher-steps 必须是正整数，收到 0"),
+    (["demo", "--student-steps", "-3"], "--student-steps 必须是正整数"),
+    (["demo", "--lr", "inf"], "--lr 必须是有限的数字"),
+    (["demo", "--student-fraction", "0"], "--student-fraction 必须在"),
+    (["demo", "--alpha", "2"], "--alpha 必须在"),
+    (["demo", "--device", "gpu"], "不认识的设备 'gpu'"),
+    (["demo", "--out", "{t}/a_file"], "--out=.*已经是一个文件"),
+] + ([] if torch.cuda.is_available() else [(["train", "--checkpoint-dir", "{t}/ok", "--device", "cuda"], "设备 'cuda' 不可用"),
+                                          (["demo", "--device", "cuda"], "设备 'cuda' 不可用")]))
+def test_ordinary_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, match):
+    "普通的用法错误：退出码 2、stderr 只有一行、点名出错的值或文件；都在分词、加载教师之前发现"
+    import re
+    _files(tmp_path)
+    assert main([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("distill-edu: 错误："), err
+    assert re.search(match, err), err
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    "真正的进程：退出码 2，stderr 一行，没有 Traceback"
+    res = subprocess.run([sys.executable, "-m", "distill_edu.cli", "demo", "--teacher-steps", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "--teacher-steps 必须是正整数，收到 0" in res.stderr
+
+
 @pytest.fixture(scope="module")
 def full_vocab_teacher(tmp_path_factory):
     "一个很小、但输出层有 151936 行（与 Qwen2.5-0.5B 相同）的随机 Qwen2 教师"

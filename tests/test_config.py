@@ -1,7 +1,9 @@
-"配置的默认值与校验（原始任务 T006）"
+"配置的默认值与校验；整个包共用的检查函数"
 import pytest
+import torch
 from transformers import Qwen2Config
-from distill_edu.config import ModelConfig, TrainingConfig, LOSS_KINDS
+from distill_edu.config import (ModelConfig, TrainingConfig, LOSS_KINDS, check_device, check_number, check_output_dir,
+                                check_token_ids, check_warmup)
 
 
 def test_model_config_defaults():
@@ -21,6 +23,9 @@ def test_model_config_defaults():
     (dict(norm_eps=0.0), "norm_eps"),
     (dict(rope_theta=-1.0), "rope_theta"),
     (dict(dropout=1.0), "dropout"),
+    (dict(rope_theta=float("inf")), "rope_theta 必须是有限的数字"),
+    (dict(rope_theta=float("nan")), "rope_theta 必须是有限的数字"),
+    (dict(norm_eps="1e-6"), "norm_eps 必须是数字"),
 ])
 def test_model_config_rejects(bad, match):
     with pytest.raises(ValueError, match=match): ModelConfig(**bad)
@@ -38,6 +43,13 @@ def test_training_config_defaults():
     (dict(alpha=-0.1), "alpha"), (dict(alpha=1.01), "alpha"), (dict(temperature=0.0), "temperature"),
     (dict(loss_kind="kl"), "kl"), (dict(batch_size=0), "batch_size"), (dict(learning_rate=0), "learning_rate"),
     (dict(precision="fp8"), "fp8"), (dict(grad_accum_steps=0), "grad_accum_steps"), (dict(jsd_beta=2), "jsd_beta"),
+    (dict(learning_rate=float("inf")), "learning_rate 必须是有限的数字"),
+    (dict(temperature=float("inf")), "temperature 必须是有限的数字"),
+    (dict(alpha=float("nan")), "alpha 必须是有限的数字"),
+    (dict(gradient_clip=float("inf")), "gradient_clip 必须是有限的数字"),
+    (dict(warmup_steps=500, max_steps=100), "warmup_steps=500 超过了总步数 100"),
+    (dict(checkpoint_dir=123), "checkpoint_dir 必须是非空的目录路径字符串，收到 123"),
+    (dict(checkpoint_dir=""), "checkpoint_dir 必须是非空"),
 ])
 def test_training_config_rejects(bad, match):
     with pytest.raises(ValueError, match=match): TrainingConfig(**bad)
@@ -67,3 +79,36 @@ def test_hf_config_unsupported_features():
     with pytest.raises(ValueError, match="hidden_act"): ModelConfig.from_hf_config(Qwen2Config(hidden_act="gelu"))
     with pytest.raises(ValueError, match="sliding"):
         ModelConfig.from_hf_config(Qwen2Config(use_sliding_window=True, sliding_window=128))
+
+
+def test_checkpoint_dir_accepts_path(tmp_path):
+    assert TrainingConfig(checkpoint_dir=tmp_path / "ckpt").checkpoint_dir == str(tmp_path / "ckpt")
+
+
+def test_from_dict_needs_a_dict():
+    with pytest.raises(ValueError, match="TrainingConfig 需要一个字典，收到 list"): TrainingConfig.from_dict([1, 2])
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda p: check_number("x", float("inf")), "x 必须是有限的数字"),
+    (lambda p: check_number("x", True), "x 必须是数字"),
+    (lambda p: check_number("x", 0, 0, 1, lo_open=True), r"x 必须在 \(0, 1\] 内，收到 0"),
+    (lambda p: check_warmup(11, 10), "warmup_steps=11 超过了总步数 10"),
+    (lambda p: check_output_dir("checkpoint_dir", p / "a_file"), "已经是一个文件"),
+    (lambda p: check_output_dir("checkpoint_dir", p / "a_file" / "sub"), "无法创建 checkpoint_dir"),
+    (lambda p: check_output_dir("export_hf", 123), "export_hf 必须是非空的目录路径，收到 123"),
+    (lambda p: check_device("gpu0"), "不认识的设备 'gpu0'"),
+    (lambda p: check_token_ids("input_ids", torch.tensor([1, 100]), 96), r"超出词表 \[0, 96\) 的 token 编号 100"),
+    (lambda p: check_token_ids("input_ids", torch.tensor([-3, 1]), 96), "token 编号 -3"),
+    (lambda p: check_token_ids("input_ids", torch.zeros(1, 0, dtype=torch.long), 96), r"input_ids 是空的（形状 \(1, 0\)）"),
+    (lambda p: check_token_ids("input_ids", [1, 2, 3], 96), "input_ids 必须是 torch 张量"),
+    (lambda p: check_token_ids("labels", torch.ones(3), 96), "labels 必须是整数张量"),
+])
+def test_shared_checks(tmp_path, fn, match):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=match): fn(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="只在没有 GPU 的机器上检查")
+def test_check_device_cuda_without_gpu():
+    with pytest.raises(ValueError, match="设备 'cuda' 不可用"): check_device("cuda")

@@ -1,5 +1,5 @@
 "06_data：离线 Qwen2.5 分词器、语料读取、打包数据集与 DataLoader（全部离线）"
-import gzip, lzma, sys, unicodedata
+import gzip, lzma, os, sys, unicodedata
 import numpy as np
 import pytest
 import torch
@@ -338,3 +338,96 @@ def test_bad_inputs(tok, tmp_path, cache):
     with pytest.raises(ValueError, match="batch_size=100000"):
         create_dataloaders(tok, batch_size=100_000, seq_len=64, source="peoples_daily", max_samples=300,
                            cache_dir=cache, verbose=False)
+
+
+# ---------------- 坏的语料文件：点名文件、行号和编码 ----------------
+
+@pytest.mark.parametrize("name, content, match", [
+    ("gbk.txt", "中文语料，第二句。\n".encode("gbk"), r"gbk.txt 第 1 行附近不是 UTF-8 文本，看起来是 GBK/GB18030 编码"),
+    ("utf16.txt", "中文语料\n".encode("utf-16"), "看起来是 UTF-16 编码"),
+    ("blob.txt", bytes(range(256)) * 4, "含有 NUL 字节，像是二进制文件"),
+    ("broken.jsonl", b'{"text": "ok"}\n\n{"text": \n', r"broken.jsonl:3 不是合法的 JSON"),
+    ("list.jsonl", b'["text"]\n', r"list.jsonl:1 应是一个 JSON 对象，收到 list"),
+    ("number.jsonl", b'{"text": "ok"}\n{"text": 42}\n', r"number.jsonl:2 的字段 'text' 应是字符串，收到 int"),
+    ("nested.jsonl", b'{"text": {"zh": "x"}}\n', "应是字符串，收到 dict"),
+    ("fake.txt.gz", "不是压缩包".encode(), r"fake.txt.gz 不是有效的 .gz 压缩文件"),
+    ("cut.jsonl.gz", gzip.compress(b'{"text": "abc"}\n' * 100)[:40], r"cut.jsonl.gz 不是有效的 .gz 压缩文件"),
+    ("fake.jsonl.xz", b"plain text", r"fake.jsonl.xz 不是有效的 .xz 压缩文件"),
+    ("fake.parquet", b"not parquet", "fake.parquet 不是有效的 parquet 文件"),
+    ("gbk.txt.gz", gzip.compress("压缩的中文".encode("gbk")), "GBK/GB18030"),
+])
+def test_bad_corpus_files_are_named(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match): list(load_corpus(str(tmp_path / name)))
+
+
+def test_parquet_text_column_must_be_strings(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match="n.parquet 的列 'text' 应是字符串，实际类型是 int64"): list(load_corpus(str(tmp_path / "n.parquet")))
+
+
+def test_utf8_bom_is_not_part_of_the_first_document(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\n')
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbffirst\n")
+    assert list(load_corpus(str(tmp_path / "bom.jsonl"))) == list(load_corpus(str(tmp_path / "bom.txt"))) == ["first"]
+
+
+# ---------------- token 缓存：不被坏掉的文件骗过 ----------------
+
+def _corrupt(target, how):
+    "按 how 破坏一个 token 缓存目录"
+    train, meta = target / "train.bin", target / "meta.json"
+    if how == "truncated": train.write_bytes(train.read_bytes()[:-8])
+    elif how == "zeroed": train.write_bytes(bytes(train.stat().st_size))
+    elif how == "meta_garbage": meta.write_text("{not json")
+    elif how == "meta_missing_key": meta.write_text('{"documents": 3}')
+    elif how == "meta_is_list": meta.write_text("[1, 2]")
+    elif how == "bin_missing": (target / "validation.bin").unlink()
+    elif how == "meta_deleted": meta.unlink()
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("truncated", "train.bin 有 .* 字节，meta.json 记录的是"), ("zeroed", "train.bin 的内容与 meta.json 记录的校验和不符"),
+    ("meta_garbage", "meta.json 读不了：JSONDecodeError"), ("meta_missing_key", "meta.json 缺少字段"),
+    ("meta_is_list", "meta.json 缺少字段"), ("bin_missing", "validation.bin 不见了"),
+    ("meta_deleted", "meta.json 读不了：FileNotFoundError"),
+])
+def test_broken_token_cache_is_rebuilt(tok, tmp_path, how, reason):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"第{j}篇文档，内容各不相同。\n" for j in range(60)), encoding="utf-8")
+    kw = dict(seq_len=8, source=str(corpus), cache_dir=tmp_path, verbose=False)
+    good = WikiDataset(tok, "train", **kw)
+    expected = [good[i]["input_ids"].tolist() for i in range(len(good))]
+    _corrupt(good.cache_path, how)
+    with pytest.warns(UserWarning, match=f"不可用（{reason}"): again = WikiDataset(tok, "train", **kw)
+    assert again.cache_path == good.cache_path and len(again) == len(good)
+    assert [again[i]["input_ids"].tolist() for i in range(len(again))] == expected
+
+
+def test_corpus_edited_in_place_with_same_size_and_mtime_is_noticed(tok, tmp_path):
+    import os
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("甲乙丙丁。\n" * 40, encoding="utf-8")
+    kw = dict(seq_len=8, source=str(corpus), cache_dir=tmp_path, verbose=False)
+    before = WikiDataset(tok, "train", **kw)
+    stat = corpus.stat()
+    corpus.write_text("戊己庚辛。\n" * 40, encoding="utf-8")          # 同样的字节数
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))          # 同样的修改时间
+    with pytest.warns(UserWarning, match="语料文件的内容与分词时不同"): after = WikiDataset(tok, "train", **kw)
+    assert after.cache_path == before.cache_path
+    assert tok.decode(after[0]["input_ids"]).startswith("戊己")
+
+
+def test_orphaned_build_folders_are_removed(tok, tmp_path):
+    "被 kill -9 的构建留下的临时目录：进程不在了就删掉；还活着的进程的目录不动"
+    import socket, subprocess
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("甲乙丙丁。\n" * 40, encoding="utf-8")
+    parent = tmp_path / "tokens"; parent.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    host = socket.gethostname()
+    orphan, alive = parent / f".build-{dead.pid}@{host}-abc12345", parent / f".build-{os.getpid()}@{host}-def67890"
+    for d in (orphan, alive): d.mkdir(); (d / "train.bin").write_bytes(b"partial")
+    WikiDataset(tok, "train", seq_len=8, source=str(corpus), cache_dir=tmp_path, verbose=False)
+    assert not orphan.exists() and alive.exists()

@@ -119,7 +119,8 @@ def test_sample_next_token():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(strategy="beam"), "'beam'"), (dict(temperature=0), "greedy"), (dict(temperature=-0.5), "-0.5"),
-    (dict(top_k=0), "top_k"), (dict(top_k=2.5), "2.5"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.01), "1.01")])
+    (dict(top_k=0), "top_k"), (dict(top_k=2.5), "2.5"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.01), "1.01"),
+    (dict(temperature=float("inf")), "temperature 必须是有限的数字"), (dict(top_p=float("nan")), "top_p 必须是有限的数字")])
 def test_bad_sampling_args(kwargs, match):
     with pytest.raises(ValueError, match=match): check_sampling_args(**kwargs)
 
@@ -276,6 +277,24 @@ def test_bad_generate_inputs(gen, kwargs, match):
         if kwargs.get("stream"): list(out)
 
 
+@pytest.mark.parametrize("prompt, stream", [("知识蒸馏", False), (["你好", "知识蒸馏"], False), ("知识蒸馏", True)])
+def test_prompt_ids_beyond_a_small_model_vocab_are_named(tok, prompt, stream):
+    "分词器（151665）比模型的词表（1000）大：越界的编号点名报错，而不是嵌入层的 “index out of range in self”"
+    narrow = TextGenerator(StudentModel(small_config(1000)), tok)
+    with pytest.raises(ValueError, match=r"prompt=.* 的 token 编号（模型 vocab_size=1000） 中有超出词表 \[0, 1000\)"):
+        out = narrow.generate(prompt, 4, stream=stream)
+        if stream: list(out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="只在没有 GPU 的机器上检查")
+@pytest.mark.parametrize("make", [lambda m, t, p: TextGenerator(m, t, device="cuda"),
+                                  lambda m, t, p: load_trained_model(p, device="cuda")])
+def test_cuda_without_gpu_is_named(tmp_path, student, tok, make):
+    path = tmp_path / "m.pt"
+    torch.save({"model": student.state_dict(), "model_config": student.config.to_dict()}, path)
+    with pytest.raises(ValueError, match="设备 'cuda' 不可用"): make(student, tok, path)
+
+
 def test_bad_stream_inputs_fail_before_iteration(gen):
     with pytest.raises(ValueError, match="max_new_tokens"): gen.generate("你好", 0, stream=True)
 
@@ -290,7 +309,7 @@ def test_load_trainer_checkpoint(tmp_path, student):
     from distill_edu.distill import DistillationTrainer
     batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long)}
     loader = DataLoader([{k: v[0] for k, v in batch.items()}] * 2, batch_size=2)
-    cfg = TrainingConfig(alpha=0.0, max_steps=1, checkpoint_dir=str(tmp_path), seq_len=8, precision="fp32")
+    cfg = TrainingConfig(alpha=0.0, max_steps=1, warmup_steps=1, checkpoint_dir=str(tmp_path), seq_len=8, precision="fp32")
     trainer = DistillationTrainer(student, None, loader, loader, cfg, progress=False)
     path = trainer.save_checkpoint()
     model = load_trained_model(path)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from distill_edu.config import ModelConfig, TrainingConfig, LOSS_KINDS
-from distill_edu.distill import (IGNORE_INDEX, DistillationTrainer, check_vocab, chunked_distillation_loss, divergence,
-                                 distillation_loss, load_teacher_model, lr_multiplier, atomic_save)
+from distill_edu.distill import (IGNORE_INDEX, DistillationTrainer, TrainingDiverged, check_vocab, chunked_distillation_loss,
+                                 divergence, distillation_loss, load_teacher_model, lr_multiplier, atomic_save)
 from distill_edu.model import StudentModel
 
 V = 96            # 学生词表
@@ -153,12 +153,70 @@ def test_batchmean_pitfall_is_not_used():
     torch.testing.assert_close(bm, m["kl_loss"] * 6)         # batchmean 大了 T_seq=6 倍
 
 
-@pytest.mark.parametrize("bad,match", [(dict(kind="kl"), "kind='kl'"), (dict(alpha=1.5), "alpha=1.5"),
-                                       (dict(alpha=-0.1), "alpha=-0.1"), (dict(temperature=0.0), "temperature=0.0"),
-                                       (dict(temperature=-1.0), "temperature=-1.0")])
+@pytest.mark.parametrize("bad,match", [(dict(kind="kl"), "kind='kl'"), (dict(alpha=1.5), r"alpha 必须在 \[0, 1\] 内，收到 1.5"),
+                                       (dict(alpha=-0.1), "收到 -0.1"), (dict(temperature=0.0), "temperature 必须在 .*收到 0.0"),
+                                       (dict(temperature=-1.0), "收到 -1.0"),
+                                       (dict(temperature=float("inf")), "temperature 必须是有限的数字"),
+                                       (dict(alpha=float("nan")), "alpha 必须是有限的数字"),
+                                       (dict(kind="jsd", beta=2.0), "jsd_beta")])
 def test_bad_loss_arguments(bad, match):
     s, t, y = rand_inputs()
     with pytest.raises(ValueError, match=match): distillation_loss(s, t, y, **bad)
+
+
+def _plain(s, t, y, **kw): return distillation_loss(s, t, y, **kw)
+
+
+def _chunked(s, t, y, **kw):
+    "同样的 (学生, 教师, 标签) 走分块路径：隐藏状态取 logits 本身、LM head 取单位矩阵（logits = h · Iᵀ）"
+    eye = lambda n: torch.eye(n, dtype=s.dtype)
+    return chunked_distillation_loss(s, eye(s.size(-1)), y, t, eye(t.size(-1)), **kw)
+
+
+@pytest.mark.parametrize("loss_fn", [_plain, _chunked], ids=["plain", "chunked"])
+@pytest.mark.parametrize("change, match", [
+    (lambda s, t, y: (s, t, y.masked_fill(y == y[1, 0], 100)), r"labels 中有超出词表 \[0, 96\) 的 token 编号 100"),
+    (lambda s, t, y: (s, t, y.masked_fill(y == y[1, 0], 500)), "token 编号 500"),
+    (lambda s, t, y: (s, t, y.masked_fill(y == y[1, 0], -5)), "token 编号 -5"),
+    (lambda s, t, y: (s, t, y.float()), "labels 必须是整数张量"),
+    (lambda s, t, y: (s, t[:1, :1], y), r"形状 \(1, 1, 128\) 与学生 \(2, 6, 96\) 的前几维不一致"),
+    (lambda s, t, y: (s, t.transpose(0, 1), y), "不做广播；转置过的张量也会被发现"),
+    (lambda s, t, y: (s, t, y.t()), r"labels 的形状 \(6, 2\) 应为 \(2, 6\)"),
+    (lambda s, t, y: (s, t, y.tolist()), "labels 的形状 list"),
+    (lambda s, t, y: (s[:, :0], t[:, :0], y[:, :0]), r"labels 是空的（形状 \(2, 0\)）"),
+])
+def test_bad_loss_inputs_are_named(loss_fn, change, match):
+    "两条损失路径对同样的坏输入给出同样点名的错误（而不是 ce_loss 10009.98 或悄悄广播）"
+    s, t, y = change(*rand_inputs())
+    with pytest.raises(ValueError, match=match): loss_fn(s, t, y)
+
+
+def test_chunked_checks_hidden_size_against_head():
+    s, t, y = rand_inputs()
+    with pytest.raises(ValueError, match="学生隐藏状态的最后一维 96 与 LM head 权重 \\(96, 95\\)"):
+        chunked_distillation_loss(s, torch.zeros(V, V - 1), y, alpha=0.0)
+
+
+@pytest.mark.parametrize("kind", LOSS_KINDS)
+def test_teacher_minus_inf_means_probability_zero(kind):
+    "教师把一部分词遮成 −∞：这些词的概率为 0，损失有限，前向 KL 等于只在 p > 0 的词上求和（0·log 0 = 0）"
+    s, t, y = rand_inputs(dtype=torch.float64)
+    t = t[..., :V].clone(); t[..., ::5] = float("-inf")
+    loss, m = distillation_loss(s, t, y, alpha=1.0, temperature=2.0, kind=kind)
+    assert torch.isfinite(loss), (kind, loss)
+    if kind == "forward_kl":
+        logp, logq = (t / 2).log_softmax(-1), (s / 2).log_softmax(-1)
+        d = torch.where(logp.isfinite(), logp.exp() * (logp - logq), 0.0).sum(-1)
+        torch.testing.assert_close(m["kl_loss"], d[y != IGNORE_INDEX].mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 300.0, 3000.0])
+def test_chunked_padding_stays_masked_at_high_temperature(temperature):
+    "V=96 被补到 128 列：温度再高，补出来的 32 列也不能分到概率"
+    s, t, y = rand_inputs(dtype=torch.float64)
+    plain, _ = distillation_loss(s, t, y, alpha=1.0, temperature=temperature)
+    chunked, _ = _chunked(s, t[..., :V], y, alpha=1.0, temperature=temperature, chunk_size=5)
+    torch.testing.assert_close(chunked, plain, rtol=1e-9, atol=1e-12)
 
 
 def test_teacher_smaller_than_student_vocab_is_refused():
@@ -418,6 +476,79 @@ def test_repeated_nan_stops_training(tmp_path):
     assert tr.history["skipped_steps"] == [1, 2, 3] and tr.history["train_loss"] == []
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("first_bad, max_bad", [(4, 3), (1, 1), (7, 5)])
+def test_bad_steps_stop_promptly_and_name_the_right_steps(tmp_path, device, first_bad, max_bad):
+    "日志间隔很长（100 步才读回一次损失）时，连续坏步也要在几步之内停下，错误点名的是真正的那几步"
+    torch.manual_seed(0)
+    student = FlakyStudent(tiny_student().config)
+    student.bad_calls = set(range(first_bad, 1000))
+    tr = DistillationTrainer(student, None, markov_loader(), None, cfg(tmp_path, alpha=0.0, max_steps=60, log_interval=100,
+                             save_interval=100, max_bad_steps=max_bad, precision="fp32", compile=False),
+                             device=device, progress=False)
+    last = first_bad + max_bad - 1
+    with pytest.raises(TrainingDiverged, match=f"连续 {max_bad} 步（第 {first_bad}–{last} 步）"): tr.train()
+    assert tr.history["skipped_steps"] == list(range(first_bad, last + 1))
+    assert last <= tr.step <= last + 4, f"第 {last} 步就该停，却走到了第 {tr.step} 步"
+
+
+class _EvalNaNStudent(StudentModel):
+    "训练时正常，评估（eval 模式）时输出 NaN"
+    def hidden_states(self, input_ids, *a, **k):
+        h = super().hidden_states(input_ids, *a, **k)
+        return h if self.training else h * float("nan")
+
+
+def test_nan_validation_loss_is_reported(tmp_path):
+    torch.manual_seed(0)
+    tr = DistillationTrainer(_EvalNaNStudent(tiny_student().config), None, markov_loader(), markov_loader(n=8, shuffle=False),
+                             cfg(tmp_path, alpha=0.0, max_steps=2, eval_interval=1), progress=False)
+    with pytest.warns(UserWarning, match="第 1 步的验证损失是 nan"): tr.train()
+    assert tr.best_val_loss == float("inf")
+
+
+def _one_batch_loader(batch):
+    return DataLoader([batch], batch_size=None)
+
+
+_ids = torch.randint(0, V, (2, SEQ))
+@pytest.mark.parametrize("batch, match", [
+    ({"input_ids": _ids.masked_fill(_ids == _ids[0, 0], 100), "labels": _ids}, r"batch 的 input_ids 中有超出词表 \[0, 96\) 的 token 编号 100"),
+    ({"input_ids": _ids.masked_fill(_ids == _ids[0, 0], -1), "labels": _ids}, "input_ids 中有超出词表 .* 编号 -1"),
+    ({"input_ids": _ids, "labels": _ids.masked_fill(_ids == _ids[0, 0], 100)}, "batch 的 labels 中有超出词表"),
+    ({"input_ids": _ids[:, :0], "labels": _ids[:, :0]}, r"input_ids 是空的（形状 \(2, 0\)）"),
+    ({"input_ids": _ids.tolist(), "labels": _ids.tolist()}, "input_ids 必须是 torch 张量"),
+    ({"input_ids": _ids, "labels": _ids[:, :-1]}, r"labels 与它同形状，收到 \(2, 16\) 与 \(2, 15\)"),
+    ({"input_ids": _ids[0], "labels": _ids[0]}, "二维张量"),
+    ({"ids": _ids, "labels": _ids}, r"收到 \['ids', 'labels'\]"),
+])
+def test_bad_batches_are_named(tmp_path, batch, match):
+    tr = DistillationTrainer(tiny_student(), None, _one_batch_loader(batch), None,
+                             cfg(tmp_path, alpha=0.0, batch_size=2, max_steps=1, warmup_steps=1), progress=False)
+    with pytest.raises(ValueError, match=match): tr.train()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(checkpoint_dir="FILE"), "checkpoint_dir=.* 已经是一个文件"),
+    (dict(checkpoint_dir="FILE/sub"), "无法创建 checkpoint_dir"),
+    (dict(max_steps=0, num_epochs=1, warmup_steps=100), "warmup_steps=100 超过了总步数 12"),
+])
+def test_trainer_checks_before_the_first_step(tmp_path, change, match):
+    "输出目录、预热步数在构造训练器时就检查，而不是训练完第一次存盘时"
+    (tmp_path / "FILE").write_text("not a directory")
+    change = {k: str(tmp_path / v) if k == "checkpoint_dir" else v for k, v in change.items()}
+    with pytest.raises(ValueError, match=match): make_trainer(tmp_path, None, alpha=0.0, **change)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="只在没有 GPU 的机器上检查")
+def test_trainer_refuses_cuda_without_gpu(tmp_path):
+    with pytest.raises(ValueError, match="设备 'cuda' 不可用"):
+        DistillationTrainer(tiny_student(), None, markov_loader(), None, cfg(tmp_path, alpha=0.0), device="cuda")
+
+
 def test_bad_checkpoints(tmp_path, teacher_dir):
     teacher = load_teacher_model(teacher_dir)
     tr = make_trainer(tmp_path, teacher, max_steps=2)
@@ -430,6 +561,10 @@ def test_bad_checkpoints(tmp_path, teacher_dir):
     other = DistillationTrainer(tiny_student(hidden=64), teacher, markov_loader(), None, cfg(tmp_path),
                                 progress=False)
     with pytest.raises(ValueError, match="hidden_size"): other.load_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("model_config", "optimizer"):
+        torch.save({k: v for k, v in ckpt.items() if k != key}, tmp_path / f"no_{key}.pt")
+        with pytest.raises(ValueError, match=f"不完整：缺少 \\['{key}'\\]"): tr.load_checkpoint(str(tmp_path / f"no_{key}.pt"))
 
 
 def test_failed_save_keeps_last_good_checkpoint(tmp_path):
