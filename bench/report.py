@@ -80,7 +80,7 @@ def kd_conclusion(runs, ce_long=None) -> str:
     cost = steady_step_seconds(r["curves"]["kd_forward_kl_T1"]) / steady_step_seconds(r["curves"]["ce_baseline"])
     text = (f"\n**结论**（种子 {' / '.join(str(r_['seed']) for r_ in runs)}，学生与基线的困惑度之比，小于 1 即蒸馏更好）：\n\n"
             f"- 同 token 数，T=1 的前向 KL 蒸馏{verdict('kd_forward_kl_T1')}纯 CE 基线：{fmt('kd_forward_kl_T1')}；{agree}。\n"
-            f"- 同 token 数，`TrainingConfig` 默认的 T=2（原始需求的取值）{verdict('kd_forward_kl')}基线：{fmt('kd_forward_kl')}。"
+            f"- 同 token 数，`TrainingConfig` 默认的 T=2{verdict('kd_forward_kl')}基线：{fmt('kd_forward_kl')}。"
             "我们的解读：T=2 让学生去拟合被压平的分布，它的长尾在这个阶段帮不上忙，而验证困惑度衡量的是 T=1 的分布；"
             "T=1 时软标签直接就是要逼近的那个分布，又比单个硬标签多给出了整行的概率。\n"
             f"- 同墙钟：稳态下蒸馏一步的时间是基线的 {cost:.2f} 倍（多一次教师前向和整行 KL）。")
@@ -94,7 +94,7 @@ def kd_conclusion(runs, ce_long=None) -> str:
                  f"这条加长的基线在第 {n} 步时是 {same_step['val_ppl']:.2f}，按 {n} 步计划训完的基线是 {ce['val_ppl']:.2f}"
                  + ("：学习率在更长的计划里衰减得慢，反而更好，说明这里的瓶颈更多在训练步数和学习率上。\n"
                     if same_step["val_ppl"] < ce["val_ppl"] else "。\n"))
-    return text + ("\n所以在这个很短的预算里，原始需求“蒸馏后验证困惑度优于基线”的说法只在同 token 数、T=1 时成立；"
+    return text + ("\n所以在这个很短的预算里，“蒸馏后验证困惑度优于基线”只在同 token 数、T=1 时成立；"
                    "按算力算，多训练 token 更划算。学生只看了约一遍小语料，离收敛还远；"
                    "教师远强于数据本身（真实的 Qwen2.5-0.5B 见过万亿级 token）或学生训练到收敛时，"
                    "蒸馏的收益才可能值得它的代价，这需要更长的 GPU 时间来验证。\n")
