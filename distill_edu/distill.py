@@ -527,6 +527,12 @@ class _StudentLoss(nn.Module):
 
     def forward(self, input_ids, labels, teacher_out=None):
         c = self.config
+        if isinstance(teacher_out, dict):                                # 07c 的稀疏教师缓存：目标随 batch 一起来
+            from .sparse import sparse_distillation_loss
+            return sparse_distillation_loss(self.hidden_fn(input_ids), self.student.lm_head.weight, labels,
+                                            teacher_out["teacher_ids"], teacher_out["teacher_logp"], alpha=c.alpha,
+                                            temperature=c.temperature, mode=teacher_out["mode"],
+                                            chunk_size=c.loss_chunk_size, compiled=self.compiled, check_labels=False)
         kw = dict(alpha=c.alpha, temperature=c.temperature, kind=c.loss_kind, beta=c.jsd_beta, lam=c.skew_lambda)
         if c.loss_chunk_size > 0:
             th, tw = teacher_out if teacher_out is not None else (None, None)
@@ -567,6 +573,14 @@ _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "epoch"
 _HISTORY_KEYS = ("step", "train_loss", "kl_loss", "ce_loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
                  "val_step", "val_loss", "val_ppl", "skipped_steps")
 
+def _check_sparse_config(config: TrainingConfig, dataset):
+    "用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）"
+    if config.loss_kind != "forward_kl":
+        raise ValueError(f"稀疏教师缓存只支持 loss_kind='forward_kl'（其他散度要用教师的整个分布），收到 {config.loss_kind!r}")
+    if config.loss_chunk_size == 0: raise ValueError("稀疏教师缓存需要分块损失：loss_chunk_size 必须 > 0")
+    if config.temperature != dataset.temperature:
+        raise ValueError(f"temperature={config.temperature} 与稀疏缓存建立时的温度 {dataset.temperature} 不同：请用同一个温度或重建缓存")
+
 class DistillationTrainer:
     """蒸馏训练器。student：StudentModel（需要 `hidden_states` 与 `lm_head`）；teacher：冻结的教师（HF Qwen2ForCausalLM
     或 StudentModel），alpha=0 时可为 None（纯 CE 基线）；train_loader / val_loader 产出
@@ -576,15 +590,17 @@ class DistillationTrainer:
 
     def __init__(self, student, teacher, train_loader, val_loader, config: TrainingConfig, device="cpu",
                  progress: bool | None = None):
-        if teacher is None and config.alpha > 0:
-            raise ValueError(f"alpha={config.alpha} > 0 需要教师模型；纯交叉熵基线请设 alpha=0")
+        self.sparse_mode = getattr(train_loader.dataset, "sparse_mode", None)    # 07c：batch 自带缓存的教师目标
+        if teacher is None and config.alpha > 0 and self.sparse_mode is None:
+            raise ValueError(f"alpha={config.alpha} > 0 需要教师模型（或 07c 的 SparseTargetDataset）；纯交叉熵基线请设 alpha=0")
+        if self.sparse_mode is not None: _check_sparse_config(config, train_loader.dataset)
         self.config, self.device = config, check_device(device)
         check_output_dir("checkpoint_dir", config.checkpoint_dir)     # 现在就发现，而不是训练完第一次存盘时
         if self.device.type == "cuda" and self.device.index is None:     # "cuda" → 当前卡，多卡时需要明确的编号
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.rank, self.world = _dist_info()
         self.student = student.to(self.device)
-        self.teacher = None if config.alpha == 0 else teacher.to(self.device).eval().requires_grad_(False)
+        self.teacher = None if config.alpha == 0 or teacher is None else teacher.to(self.device).eval().requires_grad_(False)
         if self.teacher is not None: check_vocab(self.teacher, student.config.vocab_size)
         self.train_loader = _shard_loader(train_loader, config.seed, train=True)
         self.val_loader = _shard_loader(val_loader, config.seed, train=False)
@@ -665,7 +681,11 @@ class DistillationTrainer:
         if ids.dim() != 2 or labels.shape != ids.shape:
             raise ValueError(f"batch 的 input_ids 应为 (batch, seq) 二维张量、labels 与它同形状，"
                              f"收到 {tuple(ids.shape)} 与 {tuple(labels.shape)}")
-        return ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        ids, labels = ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if self.sparse_mode is None or self.config.alpha == 0 or "teacher_ids" not in batch: return ids, labels, None
+        check_token_ids("batch 的 teacher_ids", batch["teacher_ids"], vocab)
+        return ids, labels, {"teacher_ids": batch["teacher_ids"].to(self.device, non_blocking=True),
+                             "teacher_logp": batch["teacher_logp"].to(self.device, non_blocking=True), "mode": self.sparse_mode}
 
     def _autocast(self):
         if self.amp_dtype is None: return contextlib.nullcontext()
@@ -685,8 +705,8 @@ class DistillationTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         parts, tokens = torch.zeros(3, device=self.device), 0
         for k in range(accum):
-            ids, labels = self._to_device(self._next_batch())
-            teacher_out = self._teacher_forward(ids)
+            ids, labels, cached = self._to_device(self._next_batch())
+            teacher_out = cached if cached is not None else self._teacher_forward(ids)
             with self._autocast(): loss, m = self.loss_module(ids, labels, teacher_out)
             self.scaler.scale(loss / (accum * self.world)).backward()   # 全局平均：除以微批数 × rank 数
             parts += torch.stack([m["total_loss"], m["kl_loss"], m["ce_loss"]]).float() / accum
@@ -763,7 +783,7 @@ class DistillationTrainer:
         with torch.random.fork_rng(devices=devices):
             for i, batch in enumerate(self.val_loader):
                 if c.eval_batches and i >= c.eval_batches: break
-                ids, labels = self._to_device(batch)
+                ids, labels, _ = self._to_device(batch)
                 with self._autocast():
                     if c.loss_chunk_size > 0:
                         _, m = chunked_distillation_loss(self.student.hidden_states(ids), self.student.lm_head.weight,
