@@ -1,0 +1,71 @@
+"""稀疏蒸馏（离线教师缓存）的一步训练 vs 纯 CE 的一步 vs 在线蒸馏的一步：同一次运行、同一份真实数据、batch 8 × 512。
+
+教师是真实的 Qwen2.5 检查点，缓存由 `kd_experiment.py prepare` 在《人民日报》训练集上建好（top-64，τ=1）；
+这里只计时：每个变体预热 5 步（含编译），再计 20 步的 tokens/s 与峰值显存。建缓存的吞吐量取自 prepare 的记录。
+
+    python bench/sparse_kd.py --runs /tmp/kd --out bench/results/sparse_kd.json
+"""
+import argparse, gc, json
+from pathlib import Path
+import torch
+from torch.utils.data import DataLoader
+from distill_edu.config import ModelConfig, TrainingConfig
+from distill_edu.model import StudentModel
+from distill_edu.data import load_tokenizer
+from distill_edu.distill import DistillationTrainer, load_teacher_model
+from distill_edu.sparse import SparseTargetDataset
+from common import device_name, write_json, print_table
+from kd_experiment import CACHE, K, datasets
+
+VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0),
+            "online_kd": dict(alpha=0.5, temperature=1.0, loss_kind="forward_kl")}
+
+
+def run_variant(name, args, device, train, teacher):
+    ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest", verify=False) if name == "sparse_kd" else train
+    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=2, pin_memory=True,
+                        generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    student = StudentModel(ModelConfig(max_seq_len=args.seq)).to(device)
+    cfg = TrainingConfig(batch_size=args.batch, seq_len=args.seq, warmup_steps=0, max_steps=args.steps + args.warmup,
+                         log_interval=10**6, eval_interval=10**6, save_interval=10**6, precision="bf16",
+                         checkpoint_dir=f"/tmp/sparse_kd_ckpt_{name}", **VARIANTS[name])
+    trainer = DistillationTrainer(student, teacher if name == "online_kd" else None, loader, None, cfg, device, progress=False)
+    trainer.train(num_steps=args.warmup)
+    torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
+    trainer.train(num_steps=args.steps)
+    tok_s = trainer.history["tokens_per_sec"][-1]
+    row = {"variant": name, "tokens_per_sec": round(tok_s), "step_ms": round(1000 * args.batch * args.seq / tok_s, 1),
+           "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+    del trainer, student; gc.collect(); torch.cuda.empty_cache()
+    return row
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="/tmp/kd")
+    ap.add_argument("--teacher", default="/tmp/q/teacher")
+    ap.add_argument("--tokenizer", default=".devdata/tokenizer")
+    ap.add_argument("--out", default="bench/results/sparse_kd.json")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512)
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    tokenizer = load_tokenizer(args.tokenizer)
+    train = datasets(args, tokenizer)[0]
+    teacher = load_teacher_model(args.teacher, device=device, dtype="bf16", student_vocab=len(tokenizer))
+    rows = [run_variant(v, args, device, train, teacher) for v in VARIANTS]
+    ce = rows[0]
+    for r in rows: r["time_vs_ce"] = round(r["step_ms"] / ce["step_ms"], 3)
+    cache = json.loads((Path(args.runs) / "prepare.json").read_text())["cache"]
+    build = {"tokens_per_sec": round(cache["tokens_per_second"]), "k": K, "rows": cache["rows"],
+             "mib": round(cache["rows"] * K * 6 / 2**20), "vs_online_kd_step": round(cache["tokens_per_second"] / rows[2]["tokens_per_sec"], 2)}
+    print(f"\n{device_name(device)}，batch {args.batch} × {args.seq}")
+    print_table(rows, ["variant", "tokens_per_sec", "step_ms", "time_vs_ce", "peak_mem_gib"])
+    print(f"建缓存：{build}")
+    write_json(args.out, {"benchmark": "sparse_kd", "device": device_name(device), "torch": torch.__version__,
+                          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rows": rows, "cache_build": build,
+                          "command": f"python bench/kd_experiment.py prepare && python bench/sparse_kd.py --steps {args.steps} "
+                                     f"--batch {args.batch} --seq {args.seq}"})
