@@ -30,7 +30,8 @@ TRAIN_SOURCE, HELDOUT_SOURCE = "peoples_daily_1998_01", "debian_zh_cn_docs"
 K, CACHE = 64, "sparse_k64"
 ONLINE = dict(alpha=0.5, loss_kind="forward_kl")
 ARMS = {"ce": dict(alpha=0.0), "kd_t1": dict(ONLINE, temperature=1.0), "kd_t2": dict(ONLINE, temperature=2.0),
-        "sparse": dict(alpha=0.5, temperature=1.0), "ce_time": dict(alpha=0.0), "sparse_time": dict(alpha=0.5, temperature=1.0)}
+        "sparse": dict(alpha=0.5, temperature=1.0), "ce_time": dict(alpha=0.0), "sparse_time": dict(alpha=0.5, temperature=1.0),
+        "kd_t1_a09": dict(ONLINE, alpha=0.9, temperature=1.0)}
 EQUAL_TIME = {"ce_time": "ce", "sparse_time": "sparse"}       # 这些组的步数 = N × t(kd_t1) / t(对应的同 token 组)
 PROMPTS = ["中国的首都是", "新华社北京１月１日电", "今天，我们在这里隆重集会，", "经济发展的关键在于"]
 TINY_STUDENT = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
@@ -183,9 +184,66 @@ def stage_arms(args, device):
     if (runs / "prepare.json").is_file(): (out / "prepare.json").write_text((runs / "prepare.json").read_text())
 
 
+def summarize(arms: dict, prepare: dict) -> dict:
+    "各组在各种子上的终点与曲线上的最好点；比值都是对同种子的 ce（同 token 数）或 ce_time（同 GPU 时间）"
+    seeds = sorted({d["seed"] for d in arms.values()})
+    rows = []
+    for arm in ARMS:
+        runs = [arms[(arm, s)] for s in seeds if (arm, s) in arms]
+        if not runs: continue
+        mean = lambda f: sum(f(d) for d in runs) / len(runs)
+        rows.append({"arm": arm, "seeds": len(runs), "steps": round(mean(lambda d: d["steps"])),
+                     "step_ms": round(mean(lambda d: d["step_ms"]), 1), "gpu_seconds": round(mean(lambda d: d["gpu_seconds"]), 1),
+                     **{f"{where}_ppl": round(mean(lambda d: d["final"][where]["ppl"]), 1) for where in ("val", "heldout")},
+                     "best_val_ppl": round(mean(lambda d: min(p["val"]["ppl"] for p in d["curve"])), 1),
+                     "top1_val": round(mean(lambda d: d["final"]["val"]["top1_agreement"]), 3),
+                     "per_seed_val_ppl": [round(d["final"]["val"]["ppl"], 1) for d in runs],
+                     "per_seed_best_val_ppl": [round(min(p["val"]["ppl"] for p in d["curve"]), 1) for d in runs],
+                     "per_seed_heldout_ppl": [round(d["final"]["heldout"]["ppl"]) for d in runs]})
+    return {"rows": rows, "seeds": seeds, "teacher": {w: round(prepare[f"teacher_{w}"]["ppl"], 2) for w in ("val", "heldout")},
+            "data": {k: prepare[k] for k in ("train_tokens", "val_tokens", "heldout_tokens", "seq")},
+            "cache": {k: prepare["cache"][k] for k in ("rows", "k", "tokens_per_second")},
+            "generations": {"teacher": prepare["teacher_generations"],
+                            **{a: arms[(a, seeds[0])]["generations"] for a in ("ce", "kd_t1", "sparse_time") if (a, seeds[0]) in arms}}}
+
+
+def plot(arms: dict, path: str, seed: int = 0):
+    "种子 0 的曲线：验证集与留出领域的困惑度，横轴分别是训练 token 数与 GPU 秒数"
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=80)
+    for (arm, s), d in sorted(arms.items()):
+        if s != seed: continue
+        for row, where in enumerate(("val", "heldout")):
+            c = d["curve"]
+            axes[row, 0].plot([p["tokens"] / 1e6 for p in c], [p[where]["ppl"] for p in c], marker="o", ms=3, label=arm)
+            axes[row, 1].plot([p["step"] * d["step_ms"] / 1000 for p in c], [p[where]["ppl"] for p in c], marker="o", ms=3, label=arm)
+    for row, where in enumerate(("validation (People's Daily)", "held-out domain (Debian docs)")):
+        for col, xl in enumerate(("training tokens (M)", "GPU seconds (steady-state step time x steps)")):
+            ax = axes[row, col]
+            ax.set_xlabel(xl); ax.set_ylabel(f"{where} ppl"); ax.set_yscale("log"); ax.grid(alpha=.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(path); print(f"曲线：{path}")
+
+
+def stage_report(args, device):
+    "读 --runs 目录里的 arm_*.json 与 prepare.json，写出汇总 JSON 与曲线图（在任何机器上都能跑）"
+    runs = Path(args.runs)
+    arms = {}
+    for f in sorted(runs.glob("arm_*_seed*.json")):
+        d = json.loads(f.read_text()); arms[(d["arm"], d["seed"])] = d
+    prepare = json.loads((runs / "prepare.json").read_text())
+    summary = summarize(arms, prepare)
+    write_json(Path(args.out) / "kd_experiment.json", {
+        "benchmark": "kd_experiment", "device": args.device_name, "batch": 16, "seq": prepare["seq"],
+        "command": "python bench/kd_experiment.py prepare && python bench/kd_experiment.py arms --seed 0 && "
+                   "python bench/kd_experiment.py arms --seed 1 && python bench/kd_experiment.py report", **summary})
+    plot(arms, str(Path(args.out) / "kd_curves.png"))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["prepare", "arms"])
+    ap.add_argument("stage", choices=["prepare", "arms", "report"])
     ap.add_argument("--corpus", default=".devdata/zh_modern.jsonl.xz")
     ap.add_argument("--tokenizer", default=".devdata/tokenizer")
     ap.add_argument("--teacher", default="/tmp/q/teacher")
@@ -203,7 +261,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--device-name", default="NVIDIA H200", help="report：各组是在哪张卡上跑的（写进汇总）")
     ap.add_argument("--tiny", action="store_true", help="极小的学生，只用于在 CPU 上检查脚本")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    {"prepare": stage_prepare, "arms": stage_arms}[args.stage](args, torch.device(args.device))
+    {"prepare": stage_prepare, "arms": stage_arms, "report": stage_report}[args.stage](args, torch.device(args.device))

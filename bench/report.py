@@ -53,71 +53,68 @@ def kd_step_targets(r) -> str:
             "用它会把 MFU 算高一成多（`raw/kd_step_h100_c00fbb3.log`）。\n")
 
 
-def by_model(r) -> dict:
-    "kd_experiment 结果的各行，按 model 名字索引"
-    return {x["model"]: x for x in r["rows"]}
+def kd_rows(r) -> dict: return {x["arm"]: x for x in r["rows"]}
 
 
-def steady_step_seconds(curve) -> float:
-    "稳态每步秒数：各评估段用时的中位数，去掉第一段（它含 torch.compile 的一次性编译）"
-    s = [p["seconds"] for p in curve]
-    segs = sorted((b - a) / (q["step"] - p["step"]) for a, b, p, q in zip(s, s[1:], curve, curve[1:]))
-    return segs[len(segs) // 2]
-
-
-def kd_conclusion(runs, ce_long=None) -> str:
-    "从各种子的结果里算出结论的措辞，不手写数字。runs: 各种子的 kd_experiment*.json；ce_long: 加长的 CE 基线"
-    def ratio(r_, arm): return by_model(r_)[arm]["val_ppl"] / by_model(r_)["ce_baseline"]["val_ppl"]
-    fmt = lambda arm: " / ".join(f"{ratio(r_, arm):.2f}" for r_ in runs)
-    def verdict(arm):
-        rs = [ratio(r_, arm) for r_ in runs]
-        return "**胜过**" if max(rs) < 1 else "**没有胜过**" if min(rs) > 1 else "在不同种子上时好时坏，不能说胜过"
-    r = runs[0]
-    kd_t1 = by_model(r)["kd_forward_kl_T1"]
-    best = all(max((x for x in r_["rows"] if "top1_agreement" in x), key=lambda x: x["top1_agreement"])["model"]
-                   == "kd_forward_kl_T1" for r_ in runs)
-    agree = "与教师的 top-1 一致率也是各学生里最高的" if best else "但与教师的 top-1 一致率不是各学生里最高的"
-    cost = steady_step_seconds(r["curves"]["kd_forward_kl_T1"]) / steady_step_seconds(r["curves"]["ce_baseline"])
-    text = (f"\n**结论**（种子 {' / '.join(str(r_['seed']) for r_ in runs)}，学生与基线的困惑度之比，小于 1 即蒸馏更好）：\n\n"
-            f"- 同 token 数，T=1 的前向 KL 蒸馏{verdict('kd_forward_kl_T1')}纯 CE 基线：{fmt('kd_forward_kl_T1')}；{agree}。\n"
-            f"- 同 token 数，`TrainingConfig` 默认的 T=2{verdict('kd_forward_kl')}基线：{fmt('kd_forward_kl')}。"
-            "我们的解读：T=2 让学生去拟合被压平的分布，它的长尾在这个阶段帮不上忙，而验证困惑度衡量的是 T=1 的分布；"
-            "T=1 时软标签直接就是要逼近的那个分布，又比单个硬标签多给出了整行的概率。\n"
-            f"- 同墙钟：稳态下蒸馏一步的时间是基线的 {cost:.2f} 倍（多一次教师前向和整行 KL）。")
-    if ce_long:
-        c, n = ce_long["curves"]["ce_baseline"], r["student_steps"]
-        at = [p for p in c if p["step"] <= n * cost][-1]
-        same_step = next(p for p in c if p["step"] == n)
-        ce = by_model(r)["ce_baseline"]
-        text += (f"把同样的时间花在纯 CE 上：另跑一条 {ce_long['student_steps']} 步的基线，它第 {at['step']} 步时"
-                 f"（稳态用时与蒸馏学生 {n} 步相当）困惑度是 {at['val_ppl']:.2f}，远好于蒸馏学生的 {kd_t1['val_ppl']:.2f}。"
-                 f"这条加长的基线在第 {n} 步时是 {same_step['val_ppl']:.2f}，按 {n} 步计划训完的基线是 {ce['val_ppl']:.2f}"
-                 + ("：学习率在更长的计划里衰减得慢，反而更好，说明这里的瓶颈更多在训练步数和学习率上。\n"
-                    if same_step["val_ppl"] < ce["val_ppl"] else "。\n"))
-    return text + ("\n所以在这个很短的预算里，“蒸馏后验证困惑度优于基线”只在同 token 数、T=1 时成立；"
-                   "按算力算，多训练 token 更划算。学生只看了约一遍小语料，离收敛还远；"
-                   "教师远强于数据本身（真实的 Qwen2.5-0.5B 见过万亿级 token）或学生训练到收敛时，"
-                   "蒸馏的收益才可能值得它的代价，这需要更长的 GPU 时间来验证。\n")
-
-
-def kd_section(runs, ce_long, earlier) -> str:
-    r = runs[0]
-    cols = ["model", "val_ppl", "ppl_at_equal_wallclock", "top1_agreement", "tokens", "train_seconds"]
-    out = (provenance(r) + f"语料：{r['corpus']}；学生 {r['student_steps']} 步 × batch {r['student_batch']} × {r['seq']}；"
-           f"教师 {r['teacher_steps']} 步纯 CE 预训练，存盘后经 `load_teacher_model(目录)` 读回。"
-           "train_seconds 含 torch.compile 的一次性编译（第一段评估之前，10–60 s 不等），所以同墙钟一列偏向编译快的基线，"
-           "稳态比较见结论。\n\n")
-    for r_ in runs:
-        out += f"种子 {r_['seed']}（{r_['device']}，提交 `{r_['commit']}`）：\n\n" + table(r_["rows"], cols) + "\n"
-    out += ("种子 1 的 kd_forward_kl 是在另一次运行里、用另一次重训的同配方教师跑的（`bench/results/raw/students_seed1_h100.log`），"
-            "表里其余学生用的是同一个教师（`raw/teacher_h100_run2.log`）。各臂的逐段曲线在 `raw/arms_h100/`。\n")
-    out += kd_conclusion(runs, ce_long) + "\n![验证困惑度曲线（种子 0）](bench/results/kd_curves.png)\n"
-    if earlier:
-        f = by_model(earlier)
-        out += ("\n**更早的一次运行（另一个教师，含反向 KL）**：" + provenance(earlier) + table(earlier["rows"], cols)
-                + f"\n反向 KL（T=2）与前向 KL（T=2）几乎一样（{f['kd_reverse_kl']['val_ppl']} vs {f['kd_forward_kl']['val_ppl']}），"
-                  f"都不如基线（{f['ce_baseline']['val_ppl']}）。那时还没有编译和 bf16 的 LM head，墙钟时间不可与上表比较。\n")
+def kd_conclusion(r) -> str:
+    "结论的措辞由数字决定：各组对同 token 数的 ce、同 GPU 时间的 ce_time 的比值（两个种子的平均）"
+    a = kd_rows(r)
+    ratio = lambda arm, base, where="val_ppl": a[arm][where] / a[base][where]
+    best = a["ce_time"]["best_val_ppl"]
+    out = (f"\n**同 token 数**（{a['ce']['steps']} 步，约 {a['ce']['steps'] * r['batch'] * r['seq'] / r['data']['train_tokens']:.0f} 个 epoch）："
+           f"在线前向 KL（τ=1）的验证困惑度是 CE 的 {ratio('kd_t1', 'ce'):.2f}×，τ=2 是 {ratio('kd_t2', 'ce'):.2f}×，"
+           f"教师缓存（top-{r['cache']['k']} + 尾部桶）是 {ratio('sparse', 'ce'):.2f}×；留出领域上分别是 CE 的 "
+           f"1/{1 / ratio('kd_t1', 'ce', 'heldout_ppl'):.0f}、1/{1 / ratio('kd_t2', 'ce', 'heldout_ppl'):.0f}、"
+           f"1/{1 / ratio('sparse', 'ce', 'heldout_ppl'):.0f}。"
+           f"\n\n**同 GPU 时间**（{a['ce_time']['gpu_seconds']:.0f} 秒，CE 走 {a['ce_time']['steps']} 步）：CE 的终点过拟合，"
+           f"验证困惑度 {a['ce_time']['val_ppl']}，但它曲线上最好的一点是 {best}（用验证集挑停止点，偏向 CE）。"
+           f"教师缓存同样的时间走 {a['sparse_time']['steps']} 步，终点 {a['sparse_time']['val_ppl']}："
+           f"比 CE 的终点低 {100 * (1 - ratio('sparse_time', 'ce_time')):.0f}%，比 CE 曲线上最好的一点"
+           f"{'低' if a['sparse_time']['val_ppl'] < best else '高'} {100 * abs(1 - a['sparse_time']['val_ppl'] / best):.0f}%"
+           f"（两个种子各是 {' / '.join(f'{v / b:.2f}×' for v, b in zip(a['sparse_time']['per_seed_val_ppl'], a['ce_time']['per_seed_best_val_ppl']))}，"
+           "一个种子高、一个种子低）；"
+           f"在线 KD（τ=1）每步贵一倍，同样的时间只走 {a['kd_t1']['steps']} 步，终点 {a['kd_t1']['val_ppl']}。"
+           f"留出领域上教师缓存是 CE 终点的 1/{1 / ratio('sparse_time', 'ce_time', 'heldout_ppl'):.0f}。"
+           "要在同 GPU 时间上稳稳胜过早停的 CE，缓存的一步还得更便宜（见下一节）。"
+           "\n\n**读法**：训练集只有约一百万 token，123M 的学生几个 epoch 就开始背诵，CE 越训越差；教师的软目标是一种"
+           "不会被背下来的正则，蒸馏的学生在同样的 epoch 数里一直在变好。留出领域（技术文档，满是训练集里没有的英文和代码 token）"
+           "上差距是几个数量级：只见过新闻的 CE 学生把这些 token 的概率压到几乎为零，教师的分布把概率分给了它们。"
+           "尾部桶只告诉学生“词表其余部分一共多少概率”，不告诉形状，所以留出领域上缓存不如在线 KD；α=0.9 更偏向教师，"
+           "留出领域最好、验证集变差。推荐的配方（见 07c 与 09）：有缓存时用缓存（τ=1、α=0.5、top-64 + 尾部桶），"
+           "没有缓存、或更在意未见领域时用在线前向 KL（τ=1）。\n")
     return out
+
+
+def kd_section(r) -> str:
+    rows = [{**x, "per_seed_val_ppl": " / ".join(map(str, x["per_seed_val_ppl"]))} for x in r["rows"]]
+    d = r["data"]
+    return (provenance(r) + f"教师：真实的 Qwen2.5-Coder-0.5B-Instruct（验证集困惑度 {r['teacher']['val']}，留出领域 "
+            f"{r['teacher']['heldout']}）。学生：默认的 123M 配置，batch {r['batch']} × {r['seq']}，bf16，编译。"
+            f"训练集：zh_modern 里的《人民日报》1998 年 1 月（{d['train_tokens']:,} token），验证集是同一来源每 10 篇取 1 篇"
+            f"（{d['val_tokens']:,} token）；留出领域：同一文件里的 Debian 中文文档（{d['heldout_tokens']:,} token，取前 24 个 batch），"
+            "学生从不在上面训练。各组同一个种子、同样的数据顺序和学习率计划（5% 预热 + 余弦），两个种子（0、1），表中是平均。"
+            "GPU 秒数 = 步数 × 稳态每步时间（第一段含编译，不计入）。同 GPU 时间的组（ce_time、sparse_time）的步数"
+            "由同一次运行里测得的每步时间决定，与 kd_t1 的 GPU 时间相同。\n\n"
+            + table(rows, ["arm", "steps", "step_ms", "gpu_seconds", "val_ppl", "best_val_ppl", "heldout_ppl", "top1_val",
+                           "per_seed_val_ppl"])
+            + kd_conclusion(r) + "\n![困惑度曲线（种子 0）](bench/results/kd_curves.png)\n")
+
+
+def sparse_section(r) -> str:
+    rows, b = r["rows"], r["cache_build"]
+    sp = next(x for x in rows if x["variant"] == "sparse_kd")
+    ce = next(x for x in rows if x["variant"] == "ce")
+    return (provenance(r) + "同一次运行、同一份真实数据（《人民日报》训练集）、默认 123M 学生；sparse_kd 从教师缓存读 top-64 + 尾部桶，"
+            "online_kd 每步跑 0.5B 教师。\n\n" + table(rows, ["variant", "tokens_per_sec", "step_ms", "time_vs_ce", "peak_mem_gib"])
+            + f"\n建缓存：{b['rows']:,} 个位置 × k={b['k']}，{b['mib']} MiB，{b['tokens_per_sec']:,} tokens/s，"
+              f"是在线蒸馏一步吞吐的 {b['vs_online_kd_step']}×。"
+            f"\n缓存要值得用，稀疏的一步应接近 CE 的价钱：现在是 CE 的 {sp['time_vs_ce']}×，峰值显存多 "
+            f"{sp['peak_mem_gib'] - ce['peak_mem_gib']:.1f} GiB；建缓存的吞吐只有在线蒸馏一步的 {b['vs_online_kd_step']}×，"
+            "建一次缓存比在线蒸馏多跑一个 epoch 还慢。"
+            "\n还没有剖析过这一步；从实现看，稀疏损失每块在整个词表上做好几遍逐元素运算（log-softmax、尾部的 logsumexp、"
+            "目标的 scatter，由 torch.compile 融合），而 CE 用的是一遍读完的 Triton 在线 softmax kernel。把 k 个缓存值的读取"
+            "并进那个 kernel，稀疏的一步只比 CE 多读 k 个数。建缓存的循环逐批同步（教师前向、fp32 log-softmax、topk、"
+            "拷回 CPU、写 memmap 依次进行），拷回与写盘可以和下一批的计算重叠。\n")
 
 
 def ddp_remarks(r) -> str:
@@ -137,11 +134,6 @@ def ddp_remarks(r) -> str:
                    "`raw/ddp_graphs_hang_h100x2_240834b.log`），又回到受 CPU 发射限制；`e92efb7` 已是一次 all_reduce，"
                    "但平均后还要再除以卡数、拷回各参数，现在改成反向前把损失除以卡数、`.grad` 直接指向归约后的向量。")
     return text + "\n"
-
-
-def kd_runs():
-    "同一个教师下的各种子结果：kd_experiment.json（种子 0）、kd_experiment_seed1.json …"
-    return [r for r in [load("kd_experiment"), *(load(p.stem) for p in sorted(RESULTS.glob("kd_experiment_seed*.json")))] if r]
 
 
 def teacher_section(r) -> str:
@@ -166,9 +158,10 @@ def sections():
                     "训练日志里的 MFU 按 nanoGPT 的习惯用显卡的标称峰值，H100 是 989 TFLOP/s，所以读数比这里低）。\n\n"
                     + table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup"])
                     + kd_step_targets(r)))
-    if (runs := kd_runs()):
-        out.append(("知识蒸馏 vs 纯交叉熵基线（同种子、同数据顺序、同 token 数）",
-                    kd_section(runs, load("kd_experiment_ce1400"), load("kd_experiment_h200"))))
+    if (r := load("kd_experiment")):
+        out.append(("知识蒸馏 vs 纯交叉熵：同 token 数与同 GPU 时间（真实 Qwen2.5 教师）", kd_section(r)))
+    if (r := load("sparse_kd")):
+        out.append(("离线教师缓存：稀疏蒸馏的一步（batch %d × %d）" % (r["batch"], r["seq"]), sparse_section(r)))
     if (r := load("ddp")):
         out.append(("多卡数据并行", provenance(r) + table(r["rows"], ["gpus", "tokens_per_sec", "step_ms", "speedup", "peak_mem_gib",
                                                                          "param_diff_across_ranks"])
@@ -189,11 +182,12 @@ def main():
     body = "# 性能基准\n\n由 `python bench/report.py` 从 `bench/results/*.json` 生成，请勿手改。\n\n" + \
            "".join(f"## {title}\n\n{text}\n" for title, text in secs)
     (ROOT / "BENCHMARKS.md").write_text(body, encoding="utf-8")
-    runs, step, ddp = kd_runs(), load("kd_step"), load("ddp")
+    kd, step, ddp = load("kd_experiment"), load("kd_step"), load("ddp")
     summary = ""
-    if runs:
-        summary += (f"验证困惑度（越低越好，同 token 数，种子 {runs[0]['seed']}）：\n\n"
-                    + table(runs[0]["rows"], ["model", "val_ppl", "top1_agreement"]) + kd_conclusion(runs, load("kd_experiment_ce1400")))
+    if kd:
+        summary += ("真实 Qwen2.5 教师、约一百万 token 的《人民日报》训练集、两个种子的平均（困惑度越低越好；"
+                    "留出领域是从不训练的 Debian 文档）：\n\n"
+                    + table(kd["rows"], ["arm", "steps", "gpu_seconds", "val_ppl", "best_val_ppl", "heldout_ppl"]))
     if step:
         rows = [{**x, "mfu": f"{100 * x['mfu']:.1f}%"} for x in step["rows"]]
         summary += f"\n一步蒸馏训练（{step['device']}，batch {step['batch']} × {step['seq']}）：\n\n" + \
