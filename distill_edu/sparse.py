@@ -2,7 +2,7 @@
 
 # %% ../nbs/07c_sparse_kd.ipynb #cd84d002
 from __future__ import annotations
-import functools, hashlib, json, os, shutil, time
+import contextlib, functools, hashlib, json, os, shutil, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -92,6 +92,12 @@ def _compiled_sparse_chunk():
     return torch.compile(_sparse_chunk_loss_grad, dynamic=False)
 
 # %% ../nbs/07c_sparse_kd.ipynb #a340ad80
+def _sparse_step(mode: str, device: torch.device, compiled: bool):
+    "每块用哪个实现：compiled=True 时，GPU 上的 topk / topk_rest 用 Triton kernel（5.6 节），其余用 torch.compile；否则用朴素的 PyTorch 版"
+    if not compiled: return _sparse_chunk_loss_grad
+    if triton is not None and device.type == "cuda" and mode != "sampled": return _sparse_kl_ce_triton
+    return _compiled_sparse_chunk()
+
 class _SparseDistillLoss(torch.autograd.Function):
     "分块的稀疏蒸馏损失：前向逐块算损失和梯度（见 `_sparse_chunk_loss_grad`），反向直接返回"
 
@@ -106,7 +112,7 @@ class _SparseDistillLoss(torch.autograd.Function):
         g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
         g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
         kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
-        step = _compiled_sparse_chunk() if compiled else _sparse_chunk_loss_grad
+        step = _sparse_step(mode, s_hidden.device, compiled)
         with torch.autocast(s_hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
                 h = s_hidden[i:i + chunk].detach().to(dtype)
@@ -204,12 +210,18 @@ def _sha256_file(path: Path) -> str:
 
 # %% ../nbs/07c_sparse_kd.ipynb #7459c02f
 @torch.inference_mode()
+def _chunk_targets(z, k, temperature, select, generator):
+    """一块教师 logits (C, V) → (ids, logp)。topk 直接在 logits 原来的 dtype 上选（除以 τ、log-softmax 都不改变顺序），
+    只为选中的 k 个算 log p = z/τ − log Σ e^{z/τ}：不必写出整块 float32 的 log 概率再在它上面 topk"""
+    if select == "sampled": return sparse_targets(F.log_softmax(_fp32(z) / temperature, -1), k, select, generator)
+    vals, ids = z.topk(k, dim=-1)
+    return ids, _fp32(vals) / temperature - torch.logsumexp(_fp32(z) / temperature, -1, keepdim=True)
+
 def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator):
     "一批样本 (B, T) → 每个位置的 (ids, logp)，形状 (B·T, k)；教师 logits 每次只算 chunk 行"
     h, w = teacher_hidden_and_head(teacher, ids)
     h, w = h.reshape(-1, h.size(-1)), w[:vocab]
-    out = [sparse_targets(F.log_softmax(_fp32(h[i:i + chunk] @ w.T) / temperature, -1), k, select, generator)
-           for i in range(0, h.size(0), chunk)]
+    out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator) for i in range(0, h.size(0), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 def _open_partial(part: Path, key: dict, rows: int, k: int):
@@ -311,3 +323,82 @@ class SparseTargetDataset(Dataset):
                 "teacher_logp": torch.from_numpy(np.array(logp[rows]))}
 
     def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap
+
+# %% ../nbs/07c_sparse_kd.ipynb #a10c6255
+try: import triton, triton.language as tl
+except ImportError: triton = None                   # 纯 CPU 的安装可以没有 Triton：那时只用上面的 PyTorch 实现
+
+_Q_REST_FLOOR = 1e-6   # 1 − Σ_K q 在 float32 里的舍入误差约 1e-6：学生尾部比它还小时按它算（此时 r·log(r/q_R) 与尾部梯度都有界）
+
+if triton is not None:
+    @triton.jit
+    def _sparse_kl_ce_kernel(z_ptr, ids_ptr, lp_ptr, y_ptr, g_ptr, kl_ptr, ce_ptr, row_stride, V, V_pad, alpha, T,
+                             K: tl.constexpr, K_POW2: tl.constexpr, REST: tl.constexpr, WANT_GRAD: tl.constexpr,
+                             BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        z_row, g_row = z_ptr + row * row_stride, g_ptr + row * row_stride
+        y = tl.load(y_ptr + row)
+        valid = y != -100
+        y = tl.where(valid, y, 0)
+        inv_T = 1.0 / T
+        # 第一遍：在线求学生的 max 与两个指数和（τ = 1 给 CE，τ 给 KL），与 07 的前向 KL kernel 相同
+        m = -float("inf"); s_1 = 0.0; s_T = 0.0
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            z = tl.load(z_row + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(z, 0))
+            s_1 = s_1 * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
+            s_T = s_T * tl.exp((m - m_new) * inv_T) + tl.sum(tl.exp((z - m_new) * inv_T), 0)
+            m = m_new
+        lse_1, lse_T = m + tl.log(s_1), m * inv_T + tl.log(s_T)
+        ce = lse_1 - tl.load(z_row + y).to(tl.float32)
+        # 缓存的 k 个目标：w（和 ≤ 1）与尾部质量 r；学生在这 k 个 id 上的 log q
+        ks = tl.arange(0, K_POW2)
+        in_k = ks < K
+        ids = tl.load(ids_ptr + row * K + ks, mask=in_k, other=0)
+        lp = tl.load(lp_ptr + row * K + ks, mask=in_k, other=-float("inf")).to(tl.float32)
+        logq_k = tl.load(z_row + ids, mask=in_k, other=0.0).to(tl.float32) * inv_T - lse_T
+        q_k = tl.where(in_k, tl.exp(logq_k), 0.0)
+        if REST:
+            w = tl.exp(lp)
+            w = w / tl.maximum(tl.sum(w, 0), 1.0)                   # fp16 舍入让 Σw > 1 时缩回
+            r = tl.maximum(1.0 - tl.sum(w, 0), 0.0)
+            empty = K >= V                                          # 尾部为空（k = V）：r 只是舍入误差
+            w = tl.where(empty, w / tl.sum(w, 0), w)
+            r = tl.where(empty, 0.0, r)
+            q_rest = tl.maximum(1.0 - tl.sum(q_k, 0), _Q_REST_FLOOR)
+        else:
+            w = tl.exp(lp - tl.max(lp, 0)); w = w / tl.sum(w, 0)    # 在 k 个里重新归一
+            r = 0.0; q_rest = 1.0
+        kl = tl.sum(tl.where(w > 0, w * (tl.log(tl.maximum(w, 1e-38)) - logq_k), 0.0), 0)   # 0·log 0 = 0
+        if REST: kl += tl.where(r > 0, r * (tl.log(tl.maximum(r, 1e-38)) - tl.log(q_rest)), 0.0)
+        if WANT_GRAD:
+            # 第二遍：先把每一列都当成尾部写梯度 (1−α)(s − e_y) + ατ q (1 − r/q_R)，再改写那 k 列
+            tail = 1.0 - r / q_rest
+            for start in range(0, V_pad, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                real = cols < V
+                z = tl.load(z_row + cols, mask=real, other=-float("inf")).to(tl.float32)
+                g = (1 - alpha) * (tl.exp(z - lse_1) - (cols == y).to(tl.float32)) + alpha * T * tl.exp(z * inv_T - lse_T) * tail
+                g = tl.where(valid & real, g, 0.0)
+                tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=cols < V_pad)
+            tl.debug_barrier()                                      # 上面的写入全部完成，再改写 k 列
+            z_k = tl.load(z_row + ids, mask=in_k, other=0.0).to(tl.float32)
+            g_k = (1 - alpha) * (tl.exp(z_k - lse_1) - (ids == y).to(tl.float32)) + alpha * T * (q_k - w)
+            tl.store(g_row + ids, tl.where(valid, g_k, 0.0).to(g_ptr.dtype.element_ty), mask=in_k)
+        tl.store(kl_ptr + row, tl.where(valid, kl, 0.0))
+        tl.store(ce_ptr + row, tl.where(valid, ce, 0.0))
+
+def _sparse_kl_ce_triton(z, ids, logp, y, alpha, temperature, mode, want_grad, vocab):
+    "与 `_sparse_chunk_loss_grad` 的参数和返回值相同，只支持 topk / topk_rest（k 个 id 互不相同）；z 在 GPU 上"
+    if mode not in ("topk", "topk_rest"): raise ValueError(f"Triton kernel 只实现了 topk / topk_rest，收到 mode={mode!r}")
+    z, ids, logp, y = z.contiguous(), ids.contiguous(), logp.contiguous(), y.contiguous()
+    g = torch.empty_like(z) if want_grad else z
+    kl, ce = (torch.empty(z.size(0), device=z.device, dtype=torch.float32) for _ in range(2))
+    k = ids.size(1)
+    with torch.cuda.device(z.device) if z.is_cuda else contextlib.nullcontext():
+        _sparse_kl_ce_kernel[(z.size(0),)](z, ids, logp, y, g, kl, ce, z.stride(0), vocab, z.size(1), alpha, temperature,
+                                           K=k, K_POW2=triton.next_power_of_2(k), REST=mode == "topk_rest",
+                                           WANT_GRAD=want_grad, BLOCK=2048, num_warps=4)
+    return kl.sum(), ce.sum(), (g if want_grad else None)
+

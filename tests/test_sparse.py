@@ -289,3 +289,24 @@ def test_sparse_training_without_teacher(world, tmp_path, capsys):
     assert tr.teacher is None
     assert min(h["kl_loss"]) > 0
     assert np.mean(h["train_loss"][-5:]) < 0.8 * np.mean(h["train_loss"][:5])
+
+
+def test_sparse_triton_kernel_matches_torch_under_the_interpreter():
+    "07c 5.6 节的 Triton kernel（topk / topk_rest）在 Triton 解释器里跑 CPU 张量，损失与梯度 == `_sparse_chunk_loss_grad`"
+    import os, subprocess, sys
+    script = os.path.join(os.path.dirname(__file__), "triton_interpret_sparse_check.py")
+    r = subprocess.run([sys.executable, script], env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_sparse_step_picks_triton_only_where_it_applies():
+    "GPU 上 topk / topk_rest 用 Triton kernel，sampled 用 torch.compile；compiled=False 时总是朴素的 PyTorch 版"
+    import torch
+    from distill_edu.sparse import _sparse_step, _sparse_kl_ce_triton, _sparse_chunk_loss_grad
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _sparse_step("topk_rest", cuda, True) is _sparse_kl_ce_triton
+    assert _sparse_step("topk", cuda, True) is _sparse_kl_ce_triton
+    assert _sparse_step("sampled", cuda, True) is not _sparse_kl_ce_triton
+    assert _sparse_step("topk_rest", cpu, True) is not _sparse_kl_ce_triton
+    assert _sparse_step("topk_rest", cuda, False) is _sparse_chunk_loss_grad
