@@ -199,7 +199,7 @@ class TrainingConfig:
     num_epochs: int = 3
     gradient_clip: float = 1.0
     alpha: float = 0.5              # 蒸馏项权重 α：0 = 纯交叉熵（基线），1 = 纯蒸馏
-    temperature: float = 2.0        # 温度 T
+    temperature: float = 2.0        # 温度 τ（Hinton 等人的经典取法；推荐配方见下面的说明）
     checkpoint_dir: str = "checkpoints"
     log_interval: int = 50
     eval_interval: int = 500
