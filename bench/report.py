@@ -111,9 +111,10 @@ def sparse_section(r) -> str:
             f"\n缓存要值得用，稀疏的一步应接近 CE 的价钱：现在是 CE 的 {sp['time_vs_ce']}×，峰值显存多 "
             f"{sp['peak_mem_gib'] - ce['peak_mem_gib']:.1f} GiB；建缓存的吞吐只有在线蒸馏一步的 {b['vs_online_kd_step']}×，"
             "建一次缓存比在线蒸馏多跑一个 epoch 还慢。"
-            "\n还没有剖析过这一步；从实现看，稀疏损失每块在整个词表上做好几遍逐元素运算（log-softmax、尾部的 logsumexp、"
-            "目标的 scatter，由 torch.compile 融合），而 CE 用的是一遍读完的 Triton 在线 softmax kernel。把 k 个缓存值的读取"
-            "并进那个 kernel，稀疏的一步只比 CE 多读 k 个数。建缓存的循环逐批同步（教师前向、fp32 log-softmax、topk、"
+            "\n这组数字测的是稀疏损失的 torch.compile 版逐块实现：它每块在整个词表上做好几遍逐元素运算（log-softmax、"
+            "尾部的 logsumexp、目标的 scatter），而 CE 用的是一遍读完的 Triton 在线 softmax kernel。07c 5.6 节的 Triton kernel "
+            "把 k 个缓存值的读取并进同一遍，读写量与 CE 相同，只多读 k 个数；它已在 Triton 解释器里与 PyTorch 版逐项核对，"
+            "GPU 上的速度还没有测（重新运行本节的命令即可）。建缓存的循环逐批同步（教师前向、topk、"
             "拷回 CPU、写 memmap 依次进行），拷回与写盘可以和下一批的计算重叠。\n")
 
 
