@@ -15,7 +15,8 @@ import torch
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel, to_hf_qwen2
 from distill_edu.data import load_tokenizer, create_dataloaders
-from distill_edu.distill import DistillationTrainer, load_teacher_model, teacher_hidden_and_head, chunked_distillation_loss
+from distill_edu.chunked import chunked_distillation_loss
+from distill_edu.trainer import DistillationTrainer, load_teacher_model, teacher_hidden_and_head
 from common import device_name, write_json, print_table
 
 TEACHER_CFG = ModelConfig(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
