@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.distill import DistillationTrainer, _StudentLoss, teacher_hidden_and_head
+from distill_edu.trainer import DistillationTrainer, StudentLoss, teacher_hidden_and_head
 from kd_step import RandomTokens, teacher_model
 
 if __name__ == "__main__":
@@ -28,8 +28,8 @@ if __name__ == "__main__":
                              log_interval=10**6, save_interval=10**6, eval_interval=10**6,
                              checkpoint_dir="/tmp/check_cuda_graphs")
         tr = DistillationTrainer(student, teacher, DataLoader(data, batch_size=8 // accum), None, cfg, dev, progress=False)
-        if not graphs: tr.loss_module = _StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
-        if not graphs: tr.teacher_fn = torch.compile(functools.partial(teacher_hidden_and_head, teacher))
+        if not graphs: tr.loss_fn = StudentLoss(student, cfg, compiled=True, cuda_graphs=False)
+        if not graphs: tr.teacher_targets.fn = torch.compile(functools.partial(teacher_hidden_and_head, teacher))
         losses = [tr._train_step()["stats"][0].item() for _ in range(5)]
         results.append((losses, torch.cat([p.detach().float().flatten() for p in student.parameters()])))
         print("cuda_graphs" if graphs else "compile only", [round(x, 5) for x in losses])

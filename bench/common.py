@@ -2,6 +2,7 @@
 import json, os, platform, subprocess
 from datetime import datetime, timezone
 import torch
+from distill_edu.trainer import measured_matmul_peak   # 训练日志的 MFU 用同一个分母
 
 
 def git_commit() -> str:
@@ -31,14 +32,6 @@ def cuda_ms(fn, reps: int = 10, warmup: int = 3) -> float:
     "fn 的 GPU 时间（毫秒，reps 次的中位数）"
     times = cuda_times(fn, reps, warmup)
     return times[len(times) // 2]
-
-
-def measured_matmul_peak(device, n: int = 8192, dtype=torch.bfloat16) -> float:
-    """实测 n×n×n 矩阵乘的 FLOP/s（随机数据，20 次里最快的一次）。取最快而不是中位数：长时间满载时显卡会降频，
-    中位数可能低出一成多（H100 上见过 666 与 787 TFLOP/s），峰值取高的那个，算出的 MFU 只会偏低不会偏高"""
-    with torch.cuda.device(device):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        return 2 * n**3 / (cuda_times(lambda: a @ b, reps=20, warmup=5)[0] / 1e3)
 
 
 def write_json(path, payload: dict):

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.distill import chunked_distillation_loss, distillation_loss, teacher_hidden_and_head, build_optimizer
+from distill_edu.losses import distillation_loss
+from distill_edu.chunked import chunked_distillation_loss
+from distill_edu.trainer import teacher_hidden_and_head, build_optimizer
 from kd_step import teacher_model
 from common import cuda_ms
 
@@ -108,7 +110,7 @@ def main(args):
     # 整个训练器的一步：profiler 的 kernel 排行
     from torch.utils.data import DataLoader
     from kd_step import RandomTokens
-    from distill_edu.distill import DistillationTrainer
+    from distill_edu.trainer import DistillationTrainer
     loader = DataLoader(RandomTokens(B * 40, T, V), batch_size=B, drop_last=True)
     for compile_ in args.compile_modes:
         cfg = TrainingConfig(batch_size=B, seq_len=T, warmup_steps=0, max_steps=30, log_interval=10**6, eval_interval=10**6,

@@ -124,7 +124,7 @@ def ddp_remarks(r) -> str:
     earlier = sorted((json.loads(p.read_text()) for p in (RESULTS / "raw").glob("ddp_h100x2_*.json")), key=lambda x: x["date"])
     text = (f"\n目标 {top['gpus']} 卡 ≥ 1.8×：{check(top['speedup'] >= 1.8)}。每张卡 batch 8 × 512，加速比相对同一次调用里的单卡默认设置。"
             "多卡时训练器不用 DDP 包装：开训前把 rank 0 的参数广播出去，每步反向结束后把全部梯度拼成一个向量做一次 all_reduce，"
-            "所以学生和单卡时一样录成 CUDA graph（07_distill 第 8 节）。"
+            "所以学生和单卡时一样录成 CUDA graph（07e_checkpoint 第 2 节）。"
             f"每卡每步 {top['step_ms']} ms，单卡 {one['step_ms']} ms：多出的是 123M 个 float32 梯度的拼接和经 NVLink 的 all_reduce，"
             "它不和计算重叠，所以余量不大。")
     if top.get("param_diff_across_ranks") is not None:
@@ -156,7 +156,7 @@ def sections():
         rows = [{**x, "mfu": f"{100 * x['mfu']:.1f}%"} for x in r["rows"]]
         out.append(("一步蒸馏训练（123M 学生 + 0.5B 结构教师，batch %d × %d，bf16）" % (r["batch"], r["seq"]),
                     provenance(r) + f"实测 bf16 矩阵乘峰值 {r['measured_bf16_peak_tflops']} TFLOP/s（MFU 的分母；"
-                    "训练日志里的 MFU 按 nanoGPT 的习惯用显卡的标称峰值，H100 是 989 TFLOP/s，所以读数比这里低）。\n\n"
+                    "训练器的日志用同一个分母：开训前用同一个函数 `measured_matmul_peak` 在这张卡上实测一次）。\n\n"
                     + table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup"])
                     + kd_step_targets(r)))
     if (r := load("kd_experiment")):

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from .config import check_int, check_number, check_token_ids
-from .distill import (IGNORE_INDEX, _check_loss_args, _check_shapes, _fp32, _log_softmax_shifted, _mask_logit,
-                                 _matmul_dtype, _pad_rows, _add_matmul_, _metrics, teacher_hidden_and_head)
+from .losses import IGNORE_INDEX, _check_loss_args, _check_shapes, _fp32, _mask_logit, _metrics
+from .chunked import _add_matmul_, _log_softmax_shifted, _matmul_dtype, _pad_rows
+from .trainer import teacher_hidden_and_head
+
 
 # %% auto #0
 __all__ = ['SPARSE_MODES', 'sparse_targets', 'sparse_weights', 'sparse_distillation_loss', 'teacher_fingerprint',
-           'build_sparse_cache', 'SparseTargetDataset']
+           'build_sparse_cache', 'SparseTargetDataset', 'CachedTargets']
 
 # %% ../nbs/07c_sparse_kd.ipynb #e71b8d9c
 SPARSE_MODES = ("topk", "topk_rest", "sampled")   # 截断重归一、截断 + 尾部桶、按教师分布采样
@@ -59,7 +61,7 @@ def _rest_bucket(logq, ids, w, rest, real):
     return w, rest, tail_logq, log_q_rest.clamp_min(torch.finfo(logq.dtype).min)   # 有限：0·log q_R = 0
 
 def _sparse_chunk_loss_grad(z, ids, logp, y, alpha, temperature, mode, want_grad, vocab):
-    """一块 token 的 (散度之和, CE 之和, g)，约定与 07 的 `_chunk_loss_grad` 相同（g = n·∂L/∂z，补出来的列为 0），
+    """一块 token 的 (散度之和, CE 之和, g)，约定与 07b 的 `_chunk_loss_grad` 相同（g = n·∂L/∂z，补出来的列为 0），
     只是教师不是整行 logits，而是缓存里的 ids (C,k) 与 logp (C,k)。散度是前向 KL 在稀疏目标上的版本：
     topk / topk_rest：Σ_K w (log w − log q) [+ r log(r / q_R)]；sampled：(1/k) Σ (log p − log q)（KL 的无偏估计）"""
     valid, mm_dtype = y != IGNORE_INDEX, z.dtype
@@ -324,6 +326,24 @@ class SparseTargetDataset(Dataset):
 
     def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap
 
+def _check_sparse_config(config, dataset):
+    "用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）"
+    if config.loss_kind != "forward_kl":
+        raise ValueError(f"稀疏教师缓存只支持 loss_kind='forward_kl'（其他散度要用教师的整个分布），收到 {config.loss_kind!r}")
+    if config.loss_chunk_size == 0: raise ValueError("稀疏教师缓存需要分块损失：loss_chunk_size 必须 > 0")
+    if config.temperature != dataset.temperature:
+        raise ValueError(f"temperature={config.temperature} 与稀疏缓存建立时的温度 {dataset.temperature} 不同：请用同一个温度或重建缓存")
+
+class CachedTargets:
+    """07d 训练器的 teacher_targets：教师目标就是 batch 里缓存的 `teacher_ids`/`teacher_logp`，不跑教师模型。
+    训练集是 `SparseTargetDataset` 时训练器自动用它；创建时检查训练配置与缓存是否相配"""
+    def __init__(self, config, dataset):
+        _check_sparse_config(config, dataset)
+        self.mode = dataset.sparse_mode
+    def __call__(self, batch: dict) -> dict:
+        return {"teacher_ids": batch["teacher_ids"], "teacher_logp": batch["teacher_logp"], "mode": self.mode}
+
+
 # %% ../nbs/07c_sparse_kd.ipynb #a10c6255
 try: import triton, triton.language as tl
 except ImportError: triton = None                   # 纯 CPU 的安装可以没有 Triton：那时只用上面的 PyTorch 实现
@@ -341,7 +361,7 @@ if triton is not None:
         valid = y != -100
         y = tl.where(valid, y, 0)
         inv_T = 1.0 / T
-        # 第一遍：在线求学生的 max 与两个指数和（τ = 1 给 CE，τ 给 KL），与 07 的前向 KL kernel 相同
+        # 第一遍：在线求学生的 max 与两个指数和（τ = 1 给 CE，τ 给 KL），与 07b 的前向 KL kernel 相同
         m = -float("inf"); s_1 = 0.0; s_T = 0.0
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)

@@ -306,7 +306,7 @@ def logits_of(model, ids):
 
 def test_load_trainer_checkpoint(tmp_path, student):
     from torch.utils.data import DataLoader
-    from distill_edu.distill import DistillationTrainer
+    from distill_edu.trainer import DistillationTrainer
     batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long)}
     loader = DataLoader([{k: v[0] for k, v in batch.items()}] * 2, batch_size=2)
     cfg = TrainingConfig(alpha=0.0, max_steps=1, warmup_steps=1, checkpoint_dir=str(tmp_path), seq_len=8, precision="fp32")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from distill_edu.config import ModelConfig, TrainingConfig
-from distill_edu.distill import DistillationTrainer, distillation_loss
+from distill_edu.losses import distillation_loss
+from distill_edu.trainer import DistillationTrainer
 from distill_edu.model import StudentModel
 from distill_edu.sparse import (SPARSE_MODES, SparseTargetDataset, build_sparse_cache, sparse_distillation_loss,
                                 sparse_targets, sparse_weights, teacher_fingerprint)

@@ -3,7 +3,8 @@ TRITON_INTERPRET=1 必须在 import triton 之前设置，所以由 test_trainer
 import os
 assert os.environ.get("TRITON_INTERPRET") == "1", "请设置 TRITON_INTERPRET=1 再运行"
 import torch
-from distill_edu.distill import IGNORE_INDEX, _chunk_loss_grad, _forward_kl_ce_triton
+from distill_edu.losses import IGNORE_INDEX
+from distill_edu.chunked import _chunk_loss_grad, _forward_kl_ce_triton
 
 gen = torch.Generator().manual_seed(0)
 C, V, V_pad = 5, 4500, 4608                       # V > 2 × BLOCK(2048)：在线 max/sum 要跨三段合并

@@ -3,8 +3,8 @@
 GPU 机器上通常没有 Jupyter：`run` 在那里按顺序执行笔记本的代码单元格（跳过 notest/slow，IN_TEST=1），
 把每个 `#| gpu` 单元格的标准输出按单元格 id 存成 JSON；拿回来之后 `fill` 把它们写进笔记本。
 
-    python tools/gpu_cells.py run nbs/07_distill.ipynb out.json      # 在 GPU 机器上
-    python tools/gpu_cells.py fill nbs/07_distill.ipynb out.json     # 在本机，然后 nbdev_clean
+    python tools/gpu_cells.py run nbs/07b_chunked_loss.ipynb out.json      # 在 GPU 机器上
+    python tools/gpu_cells.py fill nbs/07b_chunked_loss.ipynb out.json     # 在本机，然后 nbdev_clean
 """
 import contextlib, io, json, os, sys, types
 from run_nbs import cell_flags                         # 与 run_nbs / nbdev_test 同一套 `#|` 标志规则
