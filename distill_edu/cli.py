@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from .config import ModelConfig, TrainingConfig, check_device, check_int, check_number, check_output_dir
 from .model import StudentModel, to_hf_qwen2
-from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, load_tokenizer
+from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, hub_reachable, load_tokenizer
 from .generate import TextGenerator
 from .trainer import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model
 
@@ -144,11 +144,25 @@ def _check_train_paths(config: TrainingConfig, opt: dict, resume: str | None) ->
     if not os.path.isfile(path): raise FileNotFoundError(f"找不到要续训的检查点 {path!r}")
     return path
 
+def _check_teacher(teacher: str):
+    "分词之前确认教师拿得到：本地目录或 .gguf 文件存在，或者是 Hub 名字、且本地有缓存或 Hub 连得上"
+    from huggingface_hub import try_to_load_from_cache
+    if os.path.exists(os.path.expanduser(teacher)): return
+    try: cached = isinstance(try_to_load_from_cache(teacher, "config.json"), str)
+    except ValueError:                                  # 不是合法的 Hub 名字（例如写错的本地路径）
+        raise FileNotFoundError(f"找不到教师 --teacher {teacher!r}：它不是本地模型目录或 .gguf 文件，"
+                                f"也不是 'org/name' 形式的 Hub 名字") from None
+    if not cached and not hub_reachable():
+        raise ValueError(f"教师 --teacher {teacher!r} 要从 Hugging Face Hub 下载，但连不上 Hub（本地也没有缓存）："
+                         f"请用 --teacher 传本地 Hugging Face 模型目录或 .gguf 文件"
+                         f"（例如 `python tools/fetch_teacher.py` 取回的 Qwen2.5 GGUF），或用 --alpha 0 只训练交叉熵基线")
+
 def run_train(args) -> dict:
     "train 子命令：加载分词器、语料、教师和学生，训练（可续训），返回 history"
     config, model_config, opt = resolve_train_config(args)
     resume = _check_train_paths(config, opt, args.resume)   # 分词、加载教师之前：这些错误不必等几分钟才出现
     if opt["device"] is not None: check_device(opt["device"])
+    if config.alpha > 0: _check_teacher(opt["teacher"])
     rank, world, device = setup_distributed(opt["device"])
     try:
         torch.manual_seed(config.seed)
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train": run_train(args)
         else: run_demo(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:                 # OSError 含 FileNotFoundError、PermissionError
         print(f"distill-edu: 错误：{_one_line(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:                       # 训练本身出了问题（NaN/Inf）：检查点还在，同样只打印一行

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 import torch
 from torch import nn
-from .config import ModelConfig
+from .config import ModelConfig, check_token_ids
 from .rmsnorm import RMSNorm
 from .rope import RotaryEmbedding
 from .attention import GQAAttention
@@ -44,6 +44,18 @@ def _causal_mask(attention_mask, q_len: int, past: int, device):
         mask = mask | (k_pos == q_pos)[None, None]                      # 每行至少能看见自己
     return mask
 
+def _check_input_ids(input_ids, vocab_size: int):
+    """input_ids 必须是 (batch, seq) 的非空整数张量、编号在 [0, vocab_size) 内：否则点名报错，
+    而不是嵌入层里一句 “index out of range in self”。编号范围要把 min/max 读回主机：CPU 上几乎不花时间；
+    GPU 上（以及 torch.compile 编译时）会让每次前向都等 GPU，所以那里只查形状和类型，
+    范围由调用方（训练器、TextGenerator）在把数据拷上 GPU 之前查好"""
+    if not torch.is_tensor(input_ids):
+        raise ValueError(f"input_ids 必须是 torch 张量，收到 {type(input_ids).__name__}（例如 torch.tensor([[1, 2, 3]])）")
+    if input_ids.dim() != 2: raise ValueError(f"input_ids 应为 (batch, seq) 二维张量，收到形状 {tuple(input_ids.shape)}")
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling(): check_token_ids("input_ids", input_ids, vocab_size)
+    elif input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.numel() == 0:
+        check_token_ids("input_ids", input_ids, vocab_size)        # 只会因类型或空张量报错，不读回任何数值
+
 class StudentModel(nn.Module):
     """Qwen2.5 结构的仅解码器语言模型（与 transformers 的 Qwen2ForCausalLM 同构）。
 
@@ -72,7 +84,7 @@ class StudentModel(nn.Module):
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
         "最后一层 RMSNorm 之后、lm_head 之前的隐藏向量 (B, T, d)"
-        if input_ids.dim() != 2: raise ValueError(f"input_ids 应为 (batch, seq) 二维张量，收到形状 {tuple(input_ids.shape)}")
+        _check_input_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
         past = kv_cache.seq_len if kv_cache is not None else 0
         if past + T > self.config.max_seq_len:

@@ -76,6 +76,8 @@ def _files(tmp_path):
     (["train", "--checkpoint-dir", "{t}/ok", "--resume"], "找不到要续训的检查点 .*ok/latest.pt"),
     (["train", "--checkpoint-dir", "{t}/ok", "--resume", "{t}/nope.pt"], "nope.pt"),
     (["train", "--checkpoint-dir", "{t}/ok", "--device", "tpu9"], "不认识的设备 'tpu9'"),
+    (["train", "--checkpoint-dir", "{t}/ok"], "教师 --teacher 'Qwen/Qwen2.5-0.5B' 要从 Hugging Face Hub 下载，但连不上 Hub"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher", "{t}/no_teacher"], "找不到教师 --teacher .*no_teacher'"),
     (["demo", "--teacher-steps", "0"], "--teacher-steps 必须是正整数，收到 0"),
     (["demo", "--student-steps", "-3"], "--student-steps 必须是正整数"),
     (["demo", "--lr", "inf"], "--lr 必须是有限的数字"),
@@ -85,9 +87,12 @@ def _files(tmp_path):
     (["demo", "--out", "{t}/a_file"], "--out=.*已经是一个文件"),
 ] + ([] if torch.cuda.is_available() else [(["train", "--checkpoint-dir", "{t}/ok", "--device", "cuda"], "设备 'cuda' 不可用"),
                                           (["demo", "--device", "cuda"], "设备 'cuda' 不可用")]))
-def test_ordinary_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, match):
-    "普通的用法错误：退出码 2、stderr 只有一行、点名出错的值或文件；都在分词、加载教师之前发现"
-    import re
+def test_ordinary_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv, match):
+    "普通的用法错误：退出码 2、stderr 只有一行、点名出错的值或文件；都在分词、加载教师之前发现（这里假装连不上 Hub）"
+    import re, huggingface_hub
+    from huggingface_hub.utils import validate_repo_id
+    monkeypatch.setattr("distill_edu.cli.hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, *a, **k: validate_repo_id(repo))  # 缓存里没有
     _files(tmp_path)
     assert main([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err

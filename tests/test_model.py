@@ -144,9 +144,26 @@ def test_conversion_errors_name_the_problem():
     with pytest.raises(ValueError, match="config"): from_hf_qwen2(hf.state_dict())
 
 
-def test_bad_inputs():
-    model = StudentModel(TINY)
-    with pytest.raises(ValueError, match="max_seq_len"): model(torch.zeros(1, TINY.max_seq_len + 1, dtype=torch.long))
-    with pytest.raises(ValueError, match="二维"): model(torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="attention_mask"):
-        model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
+_long = lambda *shape: torch.zeros(*shape, dtype=torch.long)
+@pytest.mark.parametrize("input_ids, kwargs, match", [
+    (_long(1, TINY.max_seq_len + 1), {}, "max_seq_len"),
+    (_long(5), {}, "二维"),
+    (_long(1, 4), {"attention_mask": torch.ones(1, 5)}, "attention_mask"),
+    (torch.tensor([[5, 128]]), {}, r"input_ids 中有超出词表 \[0, 128\) 的 token 编号 128"),
+    (torch.tensor([[5, -1]]), {}, "token 编号 -1"),
+    (_long(1, 0), {}, r"input_ids 是空的（形状 \(1, 0\)）"),
+    ([[5, 6]], {}, "input_ids 必须是 torch 张量，收到 list"),
+    (torch.tensor([[5.0, 6.0]]), {}, "必须是整数张量，收到 dtype=torch.float32"),
+])
+def test_bad_inputs_are_named(input_ids, kwargs, match):
+    "坏输入点名报错，而不是嵌入层或 reshape 里的一句 “index out of range in self”"
+    with pytest.raises(ValueError, match=match): StudentModel(TINY)(input_ids, **kwargs)
+
+
+def test_compiled_model_skips_only_the_range_check():
+    "torch.compile 下不读回 min/max：fullgraph=True 时一次图中断（int(ids.max())）就会报错；类型错误照样报"
+    model = StudentModel(TINY).eval()
+    compiled = torch.compile(model.hidden_states, backend="eager", fullgraph=True)   # 只追踪，不生成代码：快
+    ids = torch.randint(0, 128, (2, 6))
+    torch.testing.assert_close(compiled(ids), model.hidden_states(ids))
+    with pytest.raises(Exception, match="整数张量"): compiled(ids.float())

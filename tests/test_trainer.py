@@ -427,3 +427,33 @@ def test_data_cursor_restores_position_across_epochs():
     b.restore(*saved)
     got = [b.next()["input_ids"] for _ in range(4)]
     assert saved[:2] == (1, 2) and all(torch.equal(x, y) for x, y in zip(want, got))
+
+def _save_until_killed(trainer, report_fd):
+    "子进程：不停地存检查点，每存好一个就把步数写进管道；永不正常返回"
+    try:
+        while True:
+            trainer.step += 1
+            trainer.save_checkpoint()
+            os.write(report_fd, f"{trainer.step}\n".encode())
+    finally: os._exit(1)
+
+
+def test_kill_9_during_saves_never_leaves_an_unloadable_checkpoint(tmp_path):
+    "fork 出的子进程不停地存检查点，随机时刻 kill -9：latest.pt 总是完整可读（原子改名），是最后存好的那一步（或正在改名的下一步）"
+    import random, signal, time
+    tr = DistillationTrainer(tiny_student(), None, markov_loader(), None, cfg(tmp_path, alpha=0.0), progress=False)
+    rng = random.Random(0)
+    for _ in range(12):                                       # fork 不必重新 import torch：一轮只要零点几秒
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0: os.close(read_fd); _save_until_killed(tr, write_fd)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as reports:
+            assert reports.readline(), "子进程没有存下第一个检查点"
+            time.sleep(rng.uniform(0.0, 0.2))                 # 每秒上百次保存：落点几乎总在写文件或改名当中
+            os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
+            last_reported = max([tr.step + 1] + [int(line) for line in reports.read().split()])
+        ckpt = torch.load(tr.checkpoint_path, weights_only=True)
+        assert ckpt["format"] == "distill_edu/1" and ckpt["step"] in (last_reported, last_reported + 1)
+        StudentModel(ModelConfig.from_dict(ckpt["model_config"])).load_state_dict(ckpt["model"])   # 权重完整
+        tr.step = ckpt["step"]                                # 下一个子进程从这里接着存
