@@ -9,11 +9,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .config import ModelConfig, TrainingConfig, check_device, check_int, check_number, check_output_dir
 from .model import StudentModel, to_hf_qwen2
 from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, load_tokenizer
-from .distill import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model
+from .generate import TextGenerator
+from .trainer import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model
 
 # %% auto #0
 __all__ = ['RUN_OPTIONS', 'DEMO_OPTIONS', 'read_config_file', 'resolve_train_config', 'build_parser', 'setup_distributed',
-           'rank_zero_first', 'run_train', 'CompactVocab', 'RemappedDataset', 'greedy_continue', 'run_demo', 'main']
+           'rank_zero_first', 'run_train', 'CompactVocab', 'RemappedDataset', 'CompactTokenizer', 'run_demo', 'main']
 
 # %% ../nbs/08b_cli.ipynb #fc0006e3
 RUN_OPTIONS = {   # 名字: (默认值, 类型, 说明)——TrainingConfig 之外、train 命令需要的选项
@@ -212,18 +213,19 @@ class RemappedDataset(Dataset):
     def __len__(self): return len(self.dataset)
     def __getitem__(self, i): return {k: self.vocab.to_compact[v] for k, v in self.dataset[i].items()}
 
-@torch.no_grad()
-def greedy_continue(model, ids: torch.Tensor, new_tokens: int, banned_ids=()) -> list[int]:
-    """最简单的贪心生成：每次取 logits 最大的 token（没有 KV 缓存，每步重算整个前缀）；ids: (T,) long。
-    banned_ids 中的 token（例如 UNK、EOS）永远不会被选中。完整的采样策略与 KV 缓存见 08_generate。"""
-    model.eval()
-    x, out = ids[None], []
-    for _ in range(new_tokens):
-        logits = model(x[:, -model.config.max_seq_len:])[0, -1]
-        logits[list(banned_ids)] = float("-inf")
-        nxt = int(logits.argmax())
-        out.append(nxt); x = torch.cat([x, x.new_tensor([[nxt]])], 1)
-    return out
+class CompactTokenizer:
+    """把分词器包一层，让 08_generate 的 `TextGenerator` 直接用压缩词表：encode/decode 在原 id 与压缩 id 之间换算。
+    len() 不含 UNK（最后一个 id），所以 `TextGenerator` 永远不会生成它；EOS 不在压缩词表里时没有 EOS"""
+    def __init__(self, tokenizer, vocab: CompactVocab):
+        self.tokenizer, self.vocab = tokenizer, vocab
+        eos = None if tokenizer.eos_token_id is None else int(vocab.to_compact[tokenizer.eos_token_id])
+        self.eos_token_id = self.pad_token_id = None if eos == vocab.unk else eos
+    def __len__(self): return self.vocab.size - 1
+    def get_vocab(self) -> dict: return {}
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.vocab.to_compact[torch.tensor(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))].tolist()
+    def decode(self, ids, **kwargs) -> str: return self.vocab.decode(self.tokenizer, ids)
+
 
 # %% ../nbs/08b_cli.ipynb #b46c082c
 def _demo_trainer(model, teacher, train_ds, val_ds, args, steps: int, alpha: float, lr: float, ckpt_dir: str):
@@ -242,6 +244,8 @@ def _check_demo_args(args):
     for name in ("max_bytes", "vocab", "seq_len", "batch_size", "teacher_steps", "student_steps", "new_tokens"):
         check_int(f"--{name.replace('_', '-')}", getattr(args, name))
     check_int("--seed", args.seed, minimum=0)
+    if args.new_tokens > args.seq_len - 4:
+        raise ValueError(f"--new-tokens={args.new_tokens} 太大：提示加续写不能超过 --seq-len={args.seq_len}（学生的上下文长度），请 ≤ {args.seq_len - 4}")
     check_number("--lr", args.lr, 0, lo_open=True)
     check_number("--student-fraction", args.student_fraction, 0, 1, lo_open=True)
     check_number("--alpha", args.alpha, 0, 1)
@@ -288,13 +292,13 @@ def run_demo(args) -> dict:
         results[name] = (student, hist)
     ppl = {k: h["val_ppl"][-1] for k, (_, h) in results.items()}
     print(f"\n验证困惑度（压缩词表）：教师 {ppl['teacher']:.2f} | 蒸馏学生 {ppl['kd']:.2f} | 交叉熵基线 {ppl['ce']:.2f}")
-    print("贪心生成（不生成 UNK 与 EOS；无 KV 缓存的最简循环，完整的采样与 KV 缓存见 08_generate）：")
-    eos = int(vocab.to_compact[tokenizer.eos_token_id])
+    print("贪心生成（08_generate 的 TextGenerator，带 KV 缓存；不生成 UNK）：")
+    compact = CompactTokenizer(tokenizer, vocab)
     for prompt in ("中国", "今天", "人民"):
-        ids = vocab.to_compact[torch.tensor(tokenizer.encode(prompt))].to(args.device)
         for name in ("kd", "ce"):
-            cont = greedy_continue(results[name][0], ids, args.new_tokens, banned_ids=(vocab.unk, eos))
-            print(f"  [{name}] {prompt}|{vocab.decode(tokenizer, cont)}")
+            gen = TextGenerator(results[name][0], compact)
+            ids = gen.generate_ids(prompt, args.new_tokens)[0]
+            print(f"  [{name}] {prompt}|{gen.decode(ids[len(gen.encode(prompt)):])}")
     print(f"\n用时 {time.time() - t_start:.0f} 秒；教师与检查点在 {out}")
     return {"val_ppl": ppl, "out": out, "vocab_coverage": vocab.coverage}
 

@@ -186,7 +186,7 @@ def expect_error(fn, match: str, error=ValueError) -> str:
     raise AssertionError(f"应当抛出 {error.__name__}（含 {match!r}），但没有抛出")
 
 # %% ../nbs/00_config.ipynb #8e1a0f05
-LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl")   # 07_distill 中推导的四种散度
+LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl")   # 07a_losses 中推导的四种散度
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")                   # 混合精度选项
 
 @dataclass
@@ -204,7 +204,7 @@ class TrainingConfig:
     log_interval: int = 50
     eval_interval: int = 500
     save_interval: int = 1000
-    # —— 以下字段让蒸馏做对、做快（在 07_distill 中逐一解释）——
+    # —— 以下字段让蒸馏做对、做快（在 07a–07e 中逐一解释）——
     loss_kind: str = "forward_kl"   # 散度种类，见 LOSS_KINDS
     jsd_beta: float = 0.5           # 广义 JSD 的 β
     skew_lambda: float = 0.1        # skew KL 的混合系数 λ

@@ -243,7 +243,7 @@ class TextGenerator:
         if len(text) > len(sent): yield text[len(sent):]
 
 # %% ../nbs/08_generate.ipynb #98d99064
-WEIGHT_KEYS = ("model", "model_state_dict")   # 07_distill 的训练检查点用 "model"；只存权重的文件常用 "model_state_dict"
+WEIGHT_KEYS = ("model", "model_state_dict")   # 07d_trainer 的训练检查点用 "model"；只存权重的文件常用 "model_state_dict"
 
 def _load_hf_student(path: Path):
     "Hugging Face 目录或 .gguf 文件 → float32 的 StudentModel（加载与检查见 05_model 的 `load_hf_qwen2`）"
@@ -257,11 +257,11 @@ def _read_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or not any(k in ckpt for k in WEIGHT_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"检查点 {path} 应是含 'model_config' 和 {' 或 '.join(map(repr, WEIGHT_KEYS))} 的字典"
-                         f"（07_distill 写出的格式），实际内容：{keys}")
+                         f"（07d_trainer 写出的格式），实际内容：{keys}")
     return ckpt
 
 def load_trained_model(checkpoint_path, device="cpu"):
-    """读取 07_distill 的检查点文件（或 Hugging Face 格式的目录、`.gguf` 文件），返回处于 eval 模式、位于 device 上的 StudentModel。
+    """读取 07d_trainer 的检查点文件（或 Hugging Face 格式的目录、`.gguf` 文件），返回处于 eval 模式、位于 device 上的 StudentModel。
     结构取自检查点里的 model_config；权重为 float32（检查点里是什么 dtype 就按模型参数的 dtype 复制进来）。"""
     path, device = Path(checkpoint_path), check_device(device)
     if not path.exists(): raise FileNotFoundError(f"找不到检查点：{path}")
