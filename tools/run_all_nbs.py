@@ -3,6 +3,8 @@
 
 每个笔记本在自己的子进程里、在笔记本目录的一份临时副本里运行（不改动仓库里的文件和输出）；环境里设置
 HF_HUB_OFFLINE=1、HF_DATASETS_OFFLINE=1、CUDA_VISIBLE_DEVICES=""，并去掉 IN_TEST（学习者不会设置它）。
+没有另外设置 OMP_NUM_THREADS 时设为 1：在几个人共用的 CPU 上，多线程 OpenMP 的线程互相等待被抢走的核，
+小模型的单元格会慢几十倍、用时也忽长忽短；单线程的用时更稳定，也偏保守。
 
     python tools/run_all_nbs.py                      # nbs/ 下的全部笔记本，每个限时 300 秒
     python tools/run_all_nbs.py nbs/08_generate.ipynb --limit 120
@@ -16,20 +18,24 @@ OFFLINE_CPU_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORM
 
 
 def run_one(path: Path, report: Path):
-    "子进程：执行 path 的全部代码单元格，把 {ok, error, cells: [(序号, 秒, 首行)]} 写进 report"
+    """子进程：执行 path 的全部代码单元格，把 {ok, error, cells: [(序号, 秒, 首行)], running} 写进 report。
+    每个单元格开始之前都写一次（running = 正在运行的单元格）：进程被超时结束时，也知道它卡在哪里"""
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
     nb, timings, started = read_nb(path), [], {}
     pos = {id(c): i for i, c in enumerate((c for c in nb.cells if c.cell_type == "code"), 1)}
+    first_line = lambda cell: next((l for l in cell.source.splitlines() if l.strip() and not l.startswith("#|")), "")[:60]
+    def write(ok=False, error=None, running=None):
+        report.write_text(json.dumps({"ok": ok, "error": error, "cells": timings, "running": running}, ensure_ascii=False))
     def before(cell):
+        write(running=f"#{pos[id(cell)]} {first_line(cell)}")
         started["t"] = time.perf_counter(); return False          # False = 执行这个单元格
     def after(cell):
-        first = next((l for l in cell.source.splitlines() if l.strip() and not l.startswith("#|")), "")
-        timings.append((pos[id(cell)], round(time.perf_counter() - started["t"], 2), first[:60]))
+        timings.append((pos[id(cell)], round(time.perf_counter() - started["t"], 2), first_line(cell)))
     shell, error = CaptureShell(path), None
     try: shell.run_all(nb, exc_stop=True, preproc=lambda c: c.cell_type != "code" or before(c), postproc=after)
     except Exception: error = shell.prettytb(fname=path)
-    report.write_text(json.dumps({"ok": error is None, "error": error, "cells": timings}, ensure_ascii=False))
+    write(ok=error is None, error=error)
 
 
 def run_isolated(nb: Path, limit: float) -> dict:
@@ -38,7 +44,7 @@ def run_isolated(nb: Path, limit: float) -> dict:
         work = Path(tmp) / "nbs"
         shutil.copytree(nb.parent, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "_docs"))
         report = Path(tmp) / "report.json"
-        env = {k: v for k, v in os.environ.items() if k != "IN_TEST"} | OFFLINE_CPU_ENV
+        env = {"OMP_NUM_THREADS": "1"} | {k: v for k, v in os.environ.items() if k != "IN_TEST"} | OFFLINE_CPU_ENV
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, __file__, "--child", str(work / nb.name), str(report)]
         start = time.perf_counter()
@@ -48,9 +54,10 @@ def run_isolated(nb: Path, limit: float) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL); log, _ = proc.communicate()
         seconds = time.perf_counter() - start
-        result = json.loads(report.read_text()) if report.is_file() else \
-            {"ok": False, "error": f"超过 {limit:.0f} 秒被结束" if seconds >= limit else f"进程退出码 {proc.returncode}\n{log[-3000:]}",
-             "cells": []}
+        result = json.loads(report.read_text()) if report.is_file() else {"ok": False, "cells": [], "running": "启动"}
+        if result["running"]:                                     # 子进程没有跑完就结束了
+            why = f"超过 {limit:.0f} 秒被结束" if seconds >= limit else f"进程退出码 {proc.returncode}\n{log[-3000:]}"
+            result["error"] = f"{why}（当时在运行：{result['running']}）"
     return {**result, "seconds": seconds}
 
 
