@@ -438,6 +438,7 @@ def _save_until_killed(trainer, report_fd):
     finally: os._exit(1)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="需要 os.fork（Linux/macOS）")
 def test_kill_9_during_saves_never_leaves_an_unloadable_checkpoint(tmp_path):
     "fork 出的子进程不停地存检查点，随机时刻 kill -9：latest.pt 总是完整可读（原子改名），是最后存好的那一步（或正在改名的下一步）"
     import random, signal, time
