@@ -166,39 +166,47 @@ def _add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     if acc.is_cuda and acc.dtype != a.dtype: return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
     return acc.add_(a @ b)
 
+def _run_chunks(ctx, s_hidden, s_weight, labels, alpha, temperature, chunk, want_grad, chunk_loss):
+    """分块损失的外层（这里与 07c 的稀疏损失共用）：逐块算学生 logits z = h Wᵀ (C, V₊)，交给
+    chunk_loss(z, rows, dtype) → (散度之和, CE 之和, g)，累加损失与 n·∂L/∂h、n·∂L/∂W，把梯度存进 ctx。返回 (total, kl, ce)"""
+    (V, d), N = s_weight.shape, s_hidden.size(0)
+    dtype = _matmul_dtype(s_hidden.device.type, s_weight.dtype)
+    n = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    w = _pad_rows(s_weight.detach().to(dtype))                      # 学生 LM head (V₊, d)，V₊ 是 128 的倍数
+    acc_dtype = torch.promote_types(dtype, torch.float32)           # 梯度和损失在至少 float32 中累加
+    g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
+    g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
+    kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
+    with torch.autocast(s_hidden.device.type, enabled=False):
+        for i in range(0, N, chunk):
+            rows = slice(i, i + chunk)
+            h = s_hidden[rows].detach().to(dtype)                   # (C, d)
+            kl_c, ce_c, g = chunk_loss(h @ w.T, rows, dtype)        # 后 V₊−V 列在损失里遮掉
+            if want_grad:
+                g_h[rows] = g @ w                                   # n·∂L/∂h = g W
+                _add_matmul_(g_w, g.T, h)                           # n·∂L/∂W += gᵀ h
+            kl_sum += kl_c; ce_sum += ce_c
+            del g                                                   # 下一块开始前释放这一块的 (C, V) 张量
+    if want_grad: ctx.save_for_backward(g_h / n, g_w[:V] / n)
+    ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
+    kl, ce = kl_sum / n, ce_sum / n
+    ctx.mark_non_differentiable(kl, ce)
+    return alpha * temperature**2 * kl + (1 - alpha) * ce, kl, ce
+
 class _ChunkedDistillLoss(torch.autograd.Function):
     "分块蒸馏损失：前向逐块计算 logits、损失以及对隐藏状态和 LM head 权重的梯度，反向直接返回这些梯度"
 
     @staticmethod
     def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, opts):
         alpha, temperature, kind, beta, lam, chunk, want_grad, compiled = opts
-        (V, d), N = s_weight.shape, s_hidden.size(0)
+        V = s_weight.size(0)
         dtype = _matmul_dtype(s_hidden.device.type, s_weight.dtype)
-        n = (labels != IGNORE_INDEX).sum().clamp(min=1)
-        w = _pad_rows(s_weight.detach().to(dtype))                      # 学生 LM head (V₊, d)，V₊ 是 128 的倍数
         tw = None if t_hidden is None else _pad_rows(t_weight.detach()[:V].to(dtype))   # 教师 LM head 切到学生词表再补齐 (V₊, d_t)
-        acc_dtype = torch.promote_types(dtype, torch.float32)           # 梯度和损失在至少 float32 中累加
-        g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
-        g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
-        kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
         step = _fused_chunk_loss_grad(kind, alpha, s_hidden.device) if compiled else _chunk_loss_grad
-        with torch.autocast(s_hidden.device.type, enabled=False):
-            for i in range(0, N, chunk):
-                h = s_hidden[i:i + chunk].detach().to(dtype)            # (C, d)
-                z = h @ w.T                                             # 这一块的学生 logits (C, V₊)，后 V₊−V 列在损失里遮掉
-                t = None if tw is None else t_hidden[i:i + chunk].detach().to(dtype) @ tw.T   # 教师 logits (C, V₊)
-                kl_c, ce_c, g = step(z, t, labels[i:i + chunk], alpha, temperature, kind, beta, lam, want_grad, V)
-                if want_grad:
-                    g_h[i:i + chunk] = g @ w                            # n·∂L/∂h = g W
-                    _add_matmul_(g_w, g.T, h)                           # n·∂L/∂W += gᵀ h
-                kl_sum += kl_c; ce_sum += ce_c
-                del z, t, g                                             # 下一块开始前释放这一块的 (C, V) 张量
-        if want_grad: ctx.save_for_backward(g_h / n, g_w[:V] / n)
-        ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
-        kl, ce = kl_sum / n, ce_sum / n
-        total = alpha * temperature**2 * kl + (1 - alpha) * ce
-        ctx.mark_non_differentiable(kl, ce)
-        return total, kl, ce
+        def chunk_loss(z, rows, dtype):
+            t = None if tw is None else t_hidden[rows].detach().to(dtype) @ tw.T       # 教师 logits (C, V₊)
+            return step(z, t, labels[rows], alpha, temperature, kind, beta, lam, want_grad, V)
+        return _run_chunks(ctx, s_hidden, s_weight, labels, alpha, temperature, chunk, want_grad, chunk_loss)
 
     @staticmethod
     def backward(ctx, g_total, _g_kl, _g_ce):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from .config import check_int, check_number, check_token_ids
 from .losses import IGNORE_INDEX, _check_loss_args, _check_shapes, _fp32, _mask_logit, _metrics
-from .chunked import _add_matmul_, _log_softmax_shifted, _matmul_dtype, _pad_rows
+from .chunked import _ChunkedDistillLoss, _log_softmax_shifted, _run_chunks
 from .trainer import teacher_hidden_and_head
 
 
@@ -100,42 +100,16 @@ def _sparse_step(mode: str, device: torch.device, compiled: bool):
     if triton is not None and device.type == "cuda" and mode != "sampled": return _sparse_kl_ce_triton
     return _compiled_sparse_chunk()
 
-class _SparseDistillLoss(torch.autograd.Function):
-    "分块的稀疏蒸馏损失：前向逐块算损失和梯度（见 `_sparse_chunk_loss_grad`），反向直接返回"
+class _SparseDistillLoss(_ChunkedDistillLoss):
+    "分块的稀疏蒸馏损失：外层与 07b 的 `_ChunkedDistillLoss` 相同（`_run_chunks`，反向也继承它的），每块换成稀疏目标"
 
     @staticmethod
     def forward(ctx, s_hidden, s_weight, t_ids, t_logp, labels, opts):
         alpha, temperature, mode, chunk, want_grad, compiled = opts
-        (V, d), N = s_weight.shape, s_hidden.size(0)
-        dtype = _matmul_dtype(s_hidden.device.type, s_weight.dtype)
-        n = (labels != IGNORE_INDEX).sum().clamp(min=1)
-        w = _pad_rows(s_weight.detach().to(dtype))
-        acc_dtype = torch.promote_types(dtype, torch.float32)
-        g_h = s_hidden.new_empty(N, d, dtype=acc_dtype) if want_grad else None
-        g_w = w.new_zeros(w.shape, dtype=acc_dtype) if want_grad else None
-        kl_sum, ce_sum = w.new_zeros((), dtype=acc_dtype), w.new_zeros((), dtype=acc_dtype)
         step = _sparse_step(mode, s_hidden.device, compiled)
-        with torch.autocast(s_hidden.device.type, enabled=False):
-            for i in range(0, N, chunk):
-                h = s_hidden[i:i + chunk].detach().to(dtype)
-                kl_c, ce_c, g = step(h @ w.T, t_ids[i:i + chunk], t_logp[i:i + chunk], labels[i:i + chunk],
-                                     alpha, temperature, mode, want_grad, V)
-                if want_grad:
-                    g_h[i:i + chunk] = g @ w
-                    _add_matmul_(g_w, g.T, h)
-                kl_sum += kl_c; ce_sum += ce_c
-                del g
-        if want_grad: ctx.save_for_backward(g_h / n, g_w[:V] / n)
-        ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
-        kl, ce = kl_sum / n, ce_sum / n
-        total = alpha * temperature**2 * kl + (1 - alpha) * ce
-        ctx.mark_non_differentiable(kl, ce)
-        return total, kl, ce
-
-    @staticmethod
-    def backward(ctx, g_total, _g_kl, _g_ce):
-        g_h, g_w = ctx.saved_tensors
-        return (g_h * g_total).to(ctx.dtypes[0]), (g_w * g_total).to(ctx.dtypes[1]), None, None, None, None
+        def chunk_loss(z, rows, dtype):
+            return step(z, t_ids[rows], t_logp[rows], labels[rows], alpha, temperature, mode, want_grad, s_weight.size(0))
+        return _run_chunks(ctx, s_hidden, s_weight, labels, alpha, temperature, chunk, want_grad, chunk_loss)
 
 def _check_sparse_targets(teacher_ids, teacher_logp, labels):
     "teacher_ids / teacher_logp 必须是 labels.shape + (k,) 的张量（逐位置对齐，不做广播），ids 是整数"
