@@ -125,7 +125,7 @@ def train_arm(args, device, arm, steps, tokenizer, teacher, data, evals):
     "训练一组，分 args.evals 段，每段后在验证集与留出领域上评估；记录每段的步数、GPU 秒数与指标"
     train, val_b, held_b, tops = data
     settings = ARMS[arm]
-    train_ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest", verify=False) if arm.startswith("sparse") else train
+    train_ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest") if arm.startswith("sparse") else train
     loader = DataLoader(train_ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=2,
                         generator=torch.Generator().manual_seed(args.seed), pin_memory=device.type == "cuda")
     torch.manual_seed(args.seed)

@@ -22,7 +22,7 @@ VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0)
 
 
 def run_variant(name, args, device, train, teacher):
-    ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest", verify=False) if name == "sparse_kd" else train
+    ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest") if name == "sparse_kd" else train
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=2, pin_memory=True,
                         generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
