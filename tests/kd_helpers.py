@@ -73,3 +73,11 @@ def rand_inputs(seed=0, B=2, T=6, Vs=V, Vt=V_TEACHER, dtype=torch.float32):
     y = torch.randint(0, Vs, (B, T), generator=g)
     y[0, :2] = IGNORE_INDEX
     return s, t, y
+
+
+def run_triton_interpreter_check(script: str, timeout: int = 600):
+    "在子进程里用 TRITON_INTERPRET=1 运行 tests/ 下的 script（解释器开关必须在 import triton 之前设置），它应当只打印 ok"
+    import os, subprocess, sys
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), script)],
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]

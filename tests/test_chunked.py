@@ -1,12 +1,11 @@
 "tests for distill_edu.chunked: chunked loss == naive loss, padding, autocast, fp16, compile, Triton kernel"
-import os
 import pytest
 import torch
 import torch.nn.functional as F
 from distill_edu.config import LOSS_KINDS
 from distill_edu.losses import IGNORE_INDEX, distillation_loss
 from distill_edu.chunked import _forward_kl_ce_triton, _fused_chunk_loss_grad, chunked_distillation_loss
-from kd_helpers import V, V_TEACHER, rand_inputs
+from kd_helpers import V, V_TEACHER, rand_inputs, run_triton_interpreter_check
 
 
 def _plain(s, t, y, **kw): return distillation_loss(s, t, y, **kw)
@@ -115,11 +114,7 @@ def test_compiled_chunk_loss_equals_eager(kind):
 
 def test_triton_kernel_matches_torch_under_the_interpreter():
     "07b 第 4.3 节的 Triton kernel（前向 KL + CE）在 Triton 解释器里跑 CPU 张量，损失与梯度 == `_chunk_loss_grad`"
-    import subprocess, sys
-    script = os.path.join(os.path.dirname(__file__), "triton_interpret_check.py")
-    r = subprocess.run([sys.executable, script], env={**os.environ, "TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+    run_triton_interpreter_check("triton_interpret_check.py")
 
 
 def test_fused_path_picks_triton_only_where_it_applies():

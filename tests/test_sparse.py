@@ -294,11 +294,8 @@ def test_sparse_training_without_teacher(world, tmp_path, capsys):
 
 def test_sparse_triton_kernel_matches_torch_under_the_interpreter():
     "07c 5.6 节的 Triton kernel（topk / topk_rest）在 Triton 解释器里跑 CPU 张量，损失与梯度 == `_sparse_chunk_loss_grad`"
-    import os, subprocess, sys
-    script = os.path.join(os.path.dirname(__file__), "triton_interpret_sparse_check.py")
-    r = subprocess.run([sys.executable, script], env={**os.environ, "TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+    from kd_helpers import run_triton_interpreter_check
+    run_triton_interpreter_check("triton_interpret_sparse_check.py", timeout=900)
 
 
 def test_sparse_step_picks_triton_only_where_it_applies():
