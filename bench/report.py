@@ -22,7 +22,7 @@ def table(rows, cols):
 
 
 def provenance(res):
-    return f"卡：{res['device']}；日期：{res['date']}；提交：`{res['commit']}`；命令：`{res.get('command', '')}`\n\n"
+    return f"卡：{res['device']}；日期：{res['date']}；命令：`{res.get('command', '')}`\n\n"
 
 
 def kd_step_targets(r) -> str:
@@ -35,17 +35,17 @@ def kd_step_targets(r) -> str:
             f"\n默认设置：峰值显存 {d['peak_mem_gib']} GiB，MFU {100 * d['mfu']:.1f}%，是朴素参考的 {d['speedup']}×。"
             + (f"不编译时（eager）{eager['speedup']}×、{eager['peak_mem_gib']} GiB：分块本身只省显存，速度来自编译。" if eager else "")
             + "\n\n时间花在哪里（`bench/profile_step.py` 把每部分的墙钟和 GPU kernel 时间并排列出，"
-            "原始输出在 `bench/results/raw/profile_step_h100_c00fbb3.log`）：LM head 跟随 autocast 用 bf16、权重行补到 128 的倍数"
+            "原始输出在 `bench/results/raw/profile_step_h100.log`）：LM head 跟随 autocast 用 bf16、权重行补到 128 的倍数"
             "（词表 151665 是奇数，不补 cuBLAS 只能用不对齐的慢 kernel），补出来的列在损失里遮掉；逐块的损失与梯度是手推公式，"
             "前向 KL 与纯 CE 用一个在线 softmax 的 Triton kernel（每块 logits 读两遍，`torch.compile` 生成的归约 kernel 读 6 遍），"
             "∂L/∂W 由 cuBLAS 直接累加进 float32（`addmm(out_dtype=float32)`）。学生和教师的前向（学生还有反向）录成 CUDA graph，"
             "NaN/Inf 的判断留在 GPU 上（融合版 AdamW 的 found_inf），训练器不再每步等 GPU：一步的 CPU 发射时间小于 GPU 时间，"
-            "整步受 GPU 限制（`raw/profile_step_h100_c00fbb3.log`：每步约 26 ms，其中教师前向约 8 ms、学生前向 + 反向约 6 ms、"
+            "整步受 GPU 限制（`raw/profile_step_h100.log`：每步约 26 ms，其中教师前向约 8 ms、学生前向 + 反向约 6 ms、"
             "分块损失约 9 ms（大头是 LM head 的四次矩阵乘）、裁剪 + AdamW 约 2 ms；`bench/check_cuda_graphs.py` 在 GPU 上检查 "
             "CUDA graph 不改变训练结果；梯度累积时只有教师录图，`--accum 2` 的损失与不录图逐位相同，"
-            "`raw/check_cuda_graphs_accum2_h100x2_a374bab.log`）。"
+            "`raw/check_cuda_graphs_accum2_h100x2.log`）。"
             "实测峰值取 20 次 8192³ 矩阵乘里最快的一次：长时间满载时 H100 会降频，中位数低到约 666 TFLOP/s，"
-            "用它会把 MFU 算高一成多（`raw/kd_step_h100_c00fbb3.log`）。\n")
+            "用它会把 MFU 算高一成多（`raw/kd_step_h100.log`）。\n")
 
 
 def kd_rows(r) -> dict: return {x["arm"]: x for x in r["rows"]}
@@ -185,7 +185,7 @@ def main():
     if ddp:
         x = ddp["rows"][-1]["speedup"]
         summary += f"\n两卡数据并行：{x}× 单卡吞吐。\n"
-    summary += "\n卡、日期、提交、命令和全部数字见 [BENCHMARKS.md](BENCHMARKS.md)。"
+    summary += "\n卡、日期、命令和全部数字见 [BENCHMARKS.md](BENCHMARKS.md)。"
     nb_path = Path("nbs/index.ipynb")
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
