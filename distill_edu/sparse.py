@@ -209,15 +209,35 @@ def _open_partial(part: Path, key: dict, rows: int, k: int):
     if not done: shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
     return (done, *_cache_arrays(part, rows, k, "r+" if done else "w+"))
 
+class _HostCopy:
+    "一批结果从 GPU 拷到锁页内存（异步）；write 时等拷贝完成，再写进 memmap 的第 row 行起"
+    def __init__(self, row: int, ids: torch.Tensor, logp: torch.Tensor):
+        pin = ids.is_cuda
+        self.row, self.ids, self.logp = row, ids.int().to("cpu", non_blocking=pin), logp.half().to("cpu", non_blocking=pin)
+        self.event = torch.cuda.Event() if pin else None
+        if pin: self.event.record()
+
+    def write(self, ids_mm, logp_mm):
+        if self.event is not None: self.event.synchronize()
+        ids_mm[self.row:self.row + len(self.ids)] = self.ids.numpy()
+        logp_mm[self.row:self.row + len(self.logp)] = self.logp.numpy()
+
+def _save_progress(part: Path, key: dict, done: int, ids_mm, logp_mm):
+    "先把数据落盘，再原子地记下进度：进度永远不超前于数据"
+    ids_mm.flush(); logp_mm.flush()
+    tmp = part / "progress.tmp"
+    tmp.write_text(json.dumps({"key": key, "done": done})); os.replace(tmp, part / "progress.json")
+
 def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: float = 1.0, select: str = "topk",
                        batch_size: int = 8, vocab: int | None = None, seed: int = 0, chunk: int = 4096,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, sync_every: int = 32) -> Path:
     """教师在 dataset（06 的 `WikiDataset`，按顺序、不打乱）的每个位置上前向一次，把 k 个 (id, log p) 写进 out_dir：
     ids.bin (N·T, k) int32、logp.bin (N·T, k) float16、meta.json（key、形状、校验和）。vocab：只在前 vocab 个 token 里取
     （默认 LM head 的行数；Qwen2.5 应传分词器的大小 151665，去掉填充行）。
-    写在 out_dir.partial 里，每批之后记下进度：中断后再调用会从断点接着写；写完校验和再原子地改名。
+    写在 out_dir.partial 里，每 sync_every 批落盘并记下进度：中断后再调用会从最近的进度接着写；写完校验和再原子地改名。
+    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。
     out_dir 已经是同一个 key 的完整缓存 → 直接返回；是别的 key 的缓存 → 报错（不覆盖）。返回 out_dir。"""
-    check_int("k", k); check_int("batch_size", batch_size)
+    check_int("k", k); check_int("batch_size", batch_size); check_int("sync_every", sync_every)
     check_number("temperature", temperature, 0, lo_open=True)
     out, device = Path(out_dir), next(teacher.parameters()).device
     vocab = vocab or teacher.lm_head.weight.size(0)
@@ -230,18 +250,20 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     rows = len(dataset) * T
     done, ids_mm, logp_mm = _open_partial(part, key, rows, k)
     from tqdm.auto import tqdm
-    t0 = time.perf_counter()
-    for start in tqdm(range(done, len(dataset), batch_size), disable=not progress, desc="teacher cache", leave=False):
+    t0, pending = time.perf_counter(), None
+    starts = range(done, len(dataset), batch_size)
+    for n, start in enumerate(tqdm(starts, disable=not progress, desc="teacher cache", leave=False)):
         idx = range(start, min(start + batch_size, len(dataset)))
-        ids = torch.stack([dataset[i]["input_ids"] for i in idx]).to(device)
+        ids = torch.stack([dataset[i]["input_ids"] for i in idx]).to(device, non_blocking=True)
         gen = torch.Generator(device=device).manual_seed(seed * 2**32 + start)   # 只由这一批决定：续写与一口气写完相同
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen)
-        ids_mm[start * T:idx.stop * T] = top_ids.int().cpu().numpy()
-        logp_mm[start * T:idx.stop * T] = top_logp.half().cpu().numpy()
-        ids_mm.flush(); logp_mm.flush()                                 # 先落盘，再记进度：进度永远不超前于数据
-        tmp = part / "progress.tmp"
-        tmp.write_text(json.dumps({"key": key, "done": idx.stop})); os.replace(tmp, part / "progress.json")
+        current = _HostCopy(start * T, top_ids, top_logp)     # GPU → 锁页内存的异步拷贝，不等它
+        if pending: pending.write(ids_mm, logp_mm)             # 上一批写盘时，GPU 已经在算这一批
+        pending = current
+        if (n + 1) % sync_every == 0 or n + 1 == len(starts):
+            pending.write(ids_mm, logp_mm); pending = None
+            _save_progress(part, key, idx.stop, ids_mm, logp_mm)
     seconds = time.perf_counter() - t0
     del ids_mm, logp_mm
     meta = {"key": key, "rows": rows, "k": k, "vocab": vocab, "seconds": seconds,

@@ -193,14 +193,15 @@ def test_cache_content_is_teacher_topk(world):
 
 @pytest.mark.parametrize("select", ["topk", "sampled"])
 def test_resume_equals_uninterrupted(world, select):
-    out, kw = world["root"] / f"resume_{select}", dict(k=4, select=select, batch_size=4, progress=False)
+    out, kw = world["root"] / f"resume_{select}", dict(k=4, select=select, batch_size=4, progress=False, sync_every=2)
     with pytest.raises(RuntimeError, match="interrupted"):
         build_sparse_cache(world["teacher"], FailAt(world["ds"], fail_at=13), out, **kw)
     assert not out.exists()                                                       # 没有半个缓存可读
-    assert json.loads((world["root"] / f"resume_{select}.partial" / "progress.json").read_text())["done"] == 12
+    # 每 2 批（8 个样本）落盘一次：第 13 个样本出错时，最近记下的进度是 8，第 8–11 个样本要重算
+    assert json.loads((world["root"] / f"resume_{select}.partial" / "progress.json").read_text())["done"] == 8
     resumed = FailAt(world["ds"])
     build_sparse_cache(world["teacher"], resumed, out, **kw)
-    assert min(resumed.seen) == 12
+    assert min(resumed.seen) == 8
     fresh = build_sparse_cache(world["teacher"], world["ds"], world["root"] / f"fresh_{select}", **kw)
     for f in ("ids.bin", "logp.bin"): assert (out / f).read_bytes() == (fresh / f).read_bytes(), f
 
