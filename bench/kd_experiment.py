@@ -104,7 +104,7 @@ def stage_prepare(args, device):
         print(f"教师 {name}: ppl {info[f'teacher_{name}']['ppl']:.2f}", flush=True)
     t = time.perf_counter()
     build_sparse_cache(teacher, train, runs / CACHE, k=K, temperature=1.0, batch_size=16, vocab=len(tokenizer),
-                       progress=False)
+                       progress=False, compile=True)
     info["cache"] = {**json.loads((runs / CACHE / "meta.json").read_text()), "wall_seconds": time.perf_counter() - t}
     info["cache"].pop("sha256", None)
     info["teacher_generations"] = generations(from_hf_qwen2(teacher).to(device), tokenizer, device)

@@ -193,9 +193,9 @@ def _chunk_targets(z, k, temperature, select, generator):
     vals, ids = z.topk(k, dim=-1)
     return ids, _fp32(vals) / temperature - torch.logsumexp(_fp32(z) / temperature, -1, keepdim=True)
 
-def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator):
+def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, hidden=teacher_hidden_and_head):
     "一批样本 (B, T) → 每个位置的 (ids, logp)，形状 (B·T, k)；教师 logits 每次只算 chunk 行"
-    h, w = teacher_hidden_and_head(teacher, ids)
+    h, w = hidden(teacher, ids)
     h, w = h.reshape(-1, h.size(-1)), w[:vocab]
     out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator) for i in range(0, h.size(0), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
@@ -230,12 +230,12 @@ def _save_progress(part: Path, key: dict, done: int, ids_mm, logp_mm):
 
 def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: float = 1.0, select: str = "topk",
                        batch_size: int = 8, vocab: int | None = None, seed: int = 0, chunk: int = 4096,
-                       progress: bool = True, sync_every: int = 32) -> Path:
+                       progress: bool = True, sync_every: int = 32, compile: bool = False) -> Path:
     """教师在 dataset（06 的 `WikiDataset`，按顺序、不打乱）的每个位置上前向一次，把 k 个 (id, log p) 写进 out_dir：
     ids.bin (N·T, k) int32、logp.bin (N·T, k) float16、meta.json（key、形状、校验和）。vocab：只在前 vocab 个 token 里取
     （默认 LM head 的行数；Qwen2.5 应传分词器的大小 151665，去掉填充行）。
     写在 out_dir.partial 里，每 sync_every 批落盘并记下进度：中断后再调用会从最近的进度接着写；写完校验和再原子地改名。
-    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。
+    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。compile=True 时用 torch.compile 编译教师的前向（GPU 上更快）。
     out_dir 已经是同一个 key 的完整缓存 → 直接返回；是别的 key 的缓存 → 报错（不覆盖）。返回 out_dir。"""
     check_int("k", k); check_int("batch_size", batch_size); check_int("sync_every", sync_every)
     check_number("temperature", temperature, 0, lo_open=True)
@@ -250,24 +250,29 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     rows = len(dataset) * T
     done, ids_mm, logp_mm = _open_partial(part, key, rows, k)
     from tqdm.auto import tqdm
-    t0, pending = time.perf_counter(), None
+    hidden = torch.compile(teacher_hidden_and_head) if compile else teacher_hidden_and_head
+    t0, pending, steady = time.perf_counter(), None, None
     starts = range(done, len(dataset), batch_size)
     for n, start in enumerate(tqdm(starts, disable=not progress, desc="teacher cache", leave=False)):
         idx = range(start, min(start + batch_size, len(dataset)))
         ids = torch.stack([dataset[i]["input_ids"] for i in idx]).to(device, non_blocking=True)
+        if compile and len(idx) < batch_size:                  # 最后一批补齐到固定形状，免得重新编译
+            ids = torch.cat([ids, ids[:1].expand(batch_size - len(idx), -1)])
         gen = torch.Generator(device=device).manual_seed(seed * 2**32 + start)   # 只由这一批决定：续写与一口气写完相同
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen)
-        current = _HostCopy(start * T, top_ids, top_logp)     # GPU → 锁页内存的异步拷贝，不等它
+            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen, hidden)
+        current = _HostCopy(start * T, top_ids[:len(idx) * T], top_logp[:len(idx) * T])   # 异步拷回主机，不等它
         if pending: pending.write(ids_mm, logp_mm)             # 上一批写盘时，GPU 已经在算这一批
         pending = current
         if (n + 1) % sync_every == 0 or n + 1 == len(starts):
             pending.write(ids_mm, logp_mm); pending = None
             _save_progress(part, key, idx.stop, ids_mm, logp_mm)
+        if n == 0: steady = (time.perf_counter(), idx.stop)  # 第一批含编译和预热：稳态速度从它之后算
     seconds = time.perf_counter() - t0
+    t1, first = steady if steady and steady[1] < len(dataset) else (t0, done)   # 只有一批时：就用总时间
     del ids_mm, logp_mm
     meta = {"key": key, "rows": rows, "k": k, "vocab": vocab, "seconds": seconds,
-            "tokens_per_second": (len(dataset) - done) * T / max(seconds, 1e-9),
+            "tokens_per_second": (len(dataset) - first) * T / max(t0 + seconds - t1, 1e-9),
             "sha256": {f: _sha256_file(part / f) for f in ("ids.bin", "logp.bin")}}
     (part / "meta.json").write_text(json.dumps(meta, indent=1)); (part / "progress.json").unlink()
     os.replace(part, out)
