@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.trainer import DistillationTrainer, StudentLoss, teacher_hidden_and_head
+from distill_edu.teacher import teacher_hidden_and_head
+from distill_edu.trainer import DistillationTrainer, StudentLoss
 from kd_step import RandomTokens, teacher_model
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import json, os, platform, subprocess
 from datetime import datetime, timezone
 import torch
-from distill_edu.trainer import measured_matmul_peak   # 训练日志的 MFU 用同一个分母
+from distill_edu.teacher import measured_matmul_peak   # 训练日志的 MFU 用同一个分母
 
 
 def git_commit() -> str:

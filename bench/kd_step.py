@@ -2,7 +2,7 @@
 
 同一次运行里比较“朴素参考”（完整词表 logits 的 fp32 损失、不编译）与项目默认设置（TrainingConfig() 的默认值：
 分块损失 + GPU 上 torch.compile），以及默认设置的几个变体（不编译、换块大小）。
-MFU = 每 token FLOPs × tokens/s ÷ 本卡实测的 bf16 矩阵乘峰值（`distill_edu.trainer.measured_matmul_peak`，训练日志用同一个分母）。
+MFU = 每 token FLOPs × tokens/s ÷ 本卡实测的 bf16 矩阵乘峰值（`distill_edu.teacher.measured_matmul_peak`，训练日志用同一个分母）。
 
     python bench/kd_step.py --out bench/results/kd_step.json [--steps 20] [--batch 8] [--seq 512]
 """
@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.trainer import DistillationTrainer, flops_per_token
+from distill_edu.teacher import flops_per_token
+from distill_edu.trainer import DistillationTrainer
 from common import device_name, measured_matmul_peak, write_json, print_table
 
 QWEN25_05B = ModelConfig(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,

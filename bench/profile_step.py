@@ -12,7 +12,8 @@ from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
 from distill_edu.losses import distillation_loss
 from distill_edu.chunked import chunked_distillation_loss
-from distill_edu.trainer import teacher_hidden_and_head, build_optimizer
+from distill_edu.teacher import teacher_hidden_and_head
+from distill_edu.trainer import build_optimizer
 from kd_step import teacher_model
 from common import cuda_ms
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from common import device_name, write_json
 from distill_edu.data import WikiDataset, load_tokenizer
-from distill_edu.trainer import load_teacher_model, model_logits
+from distill_edu.teacher import load_teacher_model, model_logits
 from distill_edu.model import from_hf_qwen2
 
 

@@ -10,7 +10,8 @@ from .config import ModelConfig, TrainingConfig, check_device, check_int, check_
 from .model import StudentModel, to_hf_qwen2
 from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, hub_reachable, load_tokenizer
 from .generate import TextGenerator
-from .trainer import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model
+from .teacher import check_vocab, load_teacher_model
+from .trainer import DistillationTrainer, TrainingDiverged
 
 # %% auto #0
 __all__ = ['RUN_OPTIONS', 'DEMO_OPTIONS', 'read_config_file', 'resolve_train_config', 'build_parser', 'setup_distributed',

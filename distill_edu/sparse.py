@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from .config import check_int, check_number, check_token_ids
 from .losses import IGNORE_INDEX, _check_loss_args, _check_shapes, _fp32, _mask_logit, _metrics
 from .chunked import _ChunkedDistillLoss, _log_softmax_shifted, _run_chunks
-from .trainer import teacher_hidden_and_head
+from .teacher import teacher_hidden_and_head
 
 
 # %% auto #0

@@ -6,83 +6,17 @@ import contextlib, functools, math, os, time, warnings
 import torch
 import torch.nn as nn
 from .config import TrainingConfig, check_device, check_output_dir, check_token_ids, check_warmup
-from .model import load_hf_qwen2, read_gguf_metadata
-from .losses import IGNORE_INDEX, _check_teacher_rows, distillation_loss
+from .losses import IGNORE_INDEX, distillation_loss
 from .chunked import chunked_distillation_loss
+from .sparse import CachedTargets, sparse_distillation_loss
+from .teacher import (TeacherForward, check_vocab, flops_per_token, measured_matmul_peak,
+                                 resolve_precision)
 
 # %% auto #0
-__all__ = ['default_teacher_dtype', 'teacher_vocab_rows', 'check_vocab', 'model_logits', 'teacher_hidden_and_head',
-           'load_teacher_model', 'resolve_precision', 'build_optimizer', 'lr_multiplier', 'cuda_graph_plan',
-           'TeacherForward', 'StudentLoss', 'measured_matmul_peak', 'flops_per_token', 'TrainingDiverged',
-           'batch_to_device', 'DistillationTrainer', 'plot_history']
-
-# %% ../nbs/07d_trainer.ipynb #bdd4d1bd
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
-
-def default_teacher_dtype(device) -> torch.dtype:
-    "为教师选择 dtype：支持 bf16 的 GPU 用 bf16，其他 GPU 用 fp16，CPU 用 float32"
-    device = torch.device(device)
-    if device.type != "cuda": return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-def teacher_vocab_rows(model) -> int:
-    "模型输出层（LM head）的行数，例如 Qwen2.5-0.5B 为 151936"
-    return model.lm_head.weight.size(0)
-
-def check_vocab(teacher, student_vocab: int, tokenizer=None):
-    "教师输出行数必须 ≥ 学生词表；给了分词器时，len(tokenizer) 必须等于学生词表。不满足时抛出点名的 ValueError"
-    _check_teacher_rows(teacher_vocab_rows(teacher), student_vocab)
-    if tokenizer is not None and len(tokenizer) != student_vocab:
-        raise ValueError(f"分词器有 {len(tokenizer)} 个 token，学生词表却是 {student_vocab}：请用同一套分词器")
-
-def model_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    "统一取 logits：我们的 StudentModel 直接返回张量，Hugging Face 模型返回带 .logits 的对象；(B,T) → (B,T,V)"
-    out = model(input_ids)
-    return out if torch.is_tensor(out) else out.logits
-
-def teacher_hidden_and_head(model, input_ids: torch.Tensor):
-    "返回 (最后一层归一化后的隐藏状态 (B,T,d), LM head 权重 (V,d))；支持 StudentModel 与 HF Qwen2ForCausalLM"
-    if callable(getattr(model, "hidden_states", None)): return model.hidden_states(input_ids), model.lm_head.weight
-    return model.model(input_ids=input_ids).last_hidden_state, model.lm_head.weight
-
-def _logits_are_finite(model, device) -> bool:
-    "用一小段 token 做一次前向，检查 logits 里没有 NaN/Inf（fp16 溢出检测）"
-    ids = torch.arange(min(32, teacher_vocab_rows(model)), device=device)[None]
-    with torch.inference_mode(): return bool(torch.isfinite(model_logits(model, ids)).all())
-
-def load_teacher_model(model_id: str = "Qwen/Qwen2.5-0.5B", device="cpu", dtype=None, student_vocab: int | None = None):
-    """加载冻结的教师模型，返回 eval 模式、参数全部冻结的 Hugging Face 模型。
-
-    model_id：Hub 名字、本地 Hugging Face 目录，或本地 `.gguf` 文件（llama.cpp / Ollama 的格式，见 05_model 的 `load_hf_qwen2`）。
-    dtype：None 时按设备自动选择（见 `default_teacher_dtype`），也可给 torch.dtype 或 "bf16"/"fp16"/"fp32"。
-    fp16 下若一次试探前向出现 NaN/Inf，发出警告并以 float32 重新加载。给了 student_vocab 时检查词表兼容
-    （GGUF 在反量化之前就按文件头检查）。"""
-    device = torch.device(device)
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES: raise ValueError(f"未知的 dtype={dtype!r}，可选：{sorted(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    dtype = dtype or default_teacher_dtype(device)
-    if student_vocab is not None and str(model_id).endswith(".gguf"):
-        _check_teacher_rows(read_gguf_metadata(model_id)["vocab_size"], student_vocab, source=model_id)
-    load = lambda dt: load_hf_qwen2(model_id, dt).to(device)
-    model = load(dtype)
-    if dtype == torch.float16 and not _logits_are_finite(model, device):
-        warnings.warn(f"教师 {model_id} 在 fp16 下出现 NaN/Inf，改用 float32 加载（更慢、更占显存，但不会在 NaN 上训练）")
-        del model
-        model, dtype = load(torch.float32), torch.float32
-    model.eval().requires_grad_(False)
-    if student_vocab is not None: check_vocab(model, student_vocab)
-    return model
+__all__ = ['build_optimizer', 'lr_multiplier', 'cuda_graph_plan', 'StudentLoss', 'TrainingDiverged', 'batch_to_device',
+           'DistillationTrainer', 'plot_history']
 
 # %% ../nbs/07d_trainer.ipynb #527de65c
-def resolve_precision(precision: str, device) -> str:
-    "把 'auto' 落实为 'bf16'/'fp16'/'fp32'：支持 bf16 的 GPU 用 bf16，其他 GPU 用 fp16，CPU 用 fp32"
-    if precision != "auto": return precision
-    device = torch.device(device)
-    if device.type != "cuda": return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
     "AdamW：二维及以上的参数（矩阵、嵌入）做权重衰减，一维参数（RMSNorm 权重、偏置）不做"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -104,22 +38,6 @@ def cuda_graph_plan(compiled: bool, grad_accum_steps: int, chunked: bool) -> tup
     教师：只做前向，输出复制一份就不怕被覆盖；分块路径的输出只是隐藏状态（几 MB），朴素路径是整份 logits，不值得复制"""
     return compiled and grad_accum_steps == 1, compiled and chunked
 
-class TeacherForward:
-    """默认的教师目标：冻结的教师模型在 inference_mode（和训练用的 autocast）下前向。
-    chunked=True 返回 (隐藏状态 (B,T,d_t), LM head 权重 (V_t,d_t))（分块损失用），否则返回 logits (B,T,V_t)。
-    compiled=True 时 torch.compile 教师，cuda_graphs=True 时还录 CUDA graph。调用：targets(batch) → 教师目标"""
-    def __init__(self, teacher, chunked: bool, compiled: bool = False, cuda_graphs: bool = False,
-                 autocast=contextlib.nullcontext):
-        self.fn = functools.partial(teacher_hidden_and_head if chunked else model_logits, teacher)
-        if compiled: self.fn = torch.compile(self.fn, mode="reduce-overhead" if cuda_graphs else None)
-        self.autocast = autocast
-
-    def __call__(self, batch: dict):
-        with torch.inference_mode(), self.autocast(): out = self.fn(batch["input_ids"])
-        if torch.is_tensor(out): return out
-        # 教师用 CUDA graph 时，输出在图自己的内存里，学生的图一重放就被覆盖：隐藏状态（B×T×d_t，几 MB）复制一份
-        return out[0].clone(), out[1]
-
 class StudentLoss(nn.Module):
     """默认的损失：学生前向 + 蒸馏损失，按 config.loss_chunk_size 选分块（> 0）或朴素路径；
     compiled=True 时编译学生（惰性：第一次调用时才编译），cuda_graphs=True 时还录 CUDA graph。
@@ -134,7 +52,6 @@ class StudentLoss(nn.Module):
     def forward(self, input_ids, labels, teacher_out=None):
         c = self.config
         if isinstance(teacher_out, dict):                                # 07c 的离线教师缓存：目标随 batch 一起来
-            from .sparse import sparse_distillation_loss                 # 07c 导入本模块，所以在这里才导入它
             return sparse_distillation_loss(self.hidden_fn(input_ids), self.student.lm_head.weight, labels,
                                             teacher_out["teacher_ids"], teacher_out["teacher_logp"], alpha=c.alpha,
                                             temperature=c.temperature, mode=teacher_out["mode"],
@@ -170,37 +87,6 @@ class _BadStepWatch:
             if int(self.slots[j]) >= limit: return done
         return None
 
-# %% ../nbs/07d_trainer.ipynb #09016bab
-def measured_matmul_peak(device, dtype=torch.bfloat16, n: int = 8192, reps: int = 20) -> float | None:
-    """这张卡实测的稠密矩阵乘峰值 FLOP/s：n×n 乘 n×n（dtype），预热 5 次后计时 reps 次，取最快的一次。
-    取最快而不是中位数：长时间满载时显卡会降频，峰值取高的那个，算出的 MFU 只会偏低不会偏高。CPU 返回 None（不报告 MFU）"""
-    device = torch.device(device)
-    if device.type != "cuda": return None
-    with torch.cuda.device(device):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(5): a @ b
-        best = float("inf")
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(); a @ b; end.record(); torch.cuda.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / best
-
-def _arch(model):
-    "(层数, 隐藏维度)：兼容 StudentModel 的 ModelConfig 与 Hugging Face 的 Qwen2Config"
-    c = model.config
-    return getattr(c, "num_layers", None) or c.num_hidden_layers, c.hidden_size
-
-def flops_per_token(student, teacher, seq_len: int) -> float:
-    "每个训练 token 的 FLOPs 估算：学生 6N + 12·L·d·T（前向+反向），教师 2N + 4·L·d·T（只有前向）"
-    n_s = sum(p.numel() for p in student.parameters())
-    L, d = _arch(student)
-    total = 6 * n_s + 12 * L * d * seq_len
-    if teacher is not None:
-        L_t, d_t = _arch(teacher)
-        total += 2 * sum(p.numel() for p in teacher.parameters()) + 4 * L_t * d_t * seq_len
-    return float(total)
-
 # %% ../nbs/07d_trainer.ipynb #26a5a02d
 from .checkpoint import (DataCursor, _all_reduce_grads, _all_reduce_mean, _broadcast_params, _dist_info,
                                     _get_rng_state, _shard_loader, atomic_save, read_checkpoint)
@@ -210,6 +96,16 @@ class TrainingDiverged(RuntimeError):
 
 _HISTORY_KEYS = ("step", "train_loss", "kl_loss", "ce_loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
                  "val_step", "val_loss", "val_ppl", "skipped_steps")
+_ACC_KEYS = ("loss", "kl", "ce", "grad_norm", "tokens")            # 一个 log_interval 内累加的量
+
+def _fresh_acc() -> dict: return dict.fromkeys(_ACC_KEYS, 0.0)
+
+def _log_line(row: dict, total_steps: int) -> str:
+    "nanoGPT 风格的一行日志：step、loss（kl、ce）、lr、梯度范数、吞吐；有实测峰值时还有 MFU"
+    mfu = f" | mfu {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""
+    return (f"step {row['step']:>6}/{total_steps} | loss {row['train_loss']:.4f} "
+            f"(kl {row['kl_loss']:.4f} ce {row['ce_loss']:.4f}) | lr {row['lr']:.2e} | "
+            f"grad {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s{mfu}")
 
 def batch_to_device(batch, vocab: int, device) -> dict:
     """检查一个 batch（{"input_ids", "labels", 其余张量……} 字典或 (input_ids, labels) 二元组），再拷上设备，返回字典。
@@ -242,7 +138,6 @@ class DistillationTrainer:
                  progress: bool | None = None, teacher_targets=None, loss_fn=None):
         self.sparse_mode = getattr(train_loader.dataset, "sparse_mode", None)    # 07c：batch 自带缓存的教师目标
         if self.sparse_mode is not None and teacher_targets is None and config.alpha > 0:
-            from .sparse import CachedTargets                               # 07c 导入本模块，所以在这里才导入它
             teacher_targets = CachedTargets(config, train_loader.dataset)
         if teacher is None and teacher_targets is None and config.alpha > 0:
             raise ValueError(f"alpha={config.alpha} > 0 需要教师模型（或 teacher_targets、07c 的 SparseTargetDataset）；纯交叉熵基线请设 alpha=0")
@@ -251,33 +146,56 @@ class DistillationTrainer:
         if self.device.type == "cuda" and self.device.index is None:     # "cuda" → 当前卡，多卡时需要明确的编号
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.rank, self.world = _dist_info()
-        self.student = student.to(self.device)
-        self.teacher = None if config.alpha == 0 or teacher is None else teacher.to(self.device).eval().requires_grad_(False)
-        if self.teacher is not None: check_vocab(self.teacher, student.config.vocab_size)
-        self.train_loader = _shard_loader(train_loader, config.seed, train=True)
-        self.val_loader = _shard_loader(val_loader, config.seed, train=False)
-        if len(self.train_loader) == 0: raise ValueError("训练集 DataLoader 是空的（0 个 batch）")
-        self.precision = resolve_precision(config.precision, self.device)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.compiled = config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
-        student_graphs, teacher_graphs = cuda_graph_plan(self.compiled, config.grad_accum_steps, config.loss_chunk_size > 0)
-        self.loss_fn = loss_fn or StudentLoss(self.student, config, self.compiled, student_graphs)
-        if config.alpha == 0: teacher_targets = None
-        elif teacher_targets is None:
-            teacher_targets = TeacherForward(self.teacher, config.loss_chunk_size > 0, self.compiled, teacher_graphs, self._autocast)
-        self.teacher_targets = teacher_targets
-        if self.world > 1: _broadcast_params(self.student)
-        self.optimizer = build_optimizer(self.student, config)
-        self.total_steps = self._total_steps()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
-            s, config.warmup_steps, self.total_steps, config.min_lr_ratio))
+        self._place_models(student, teacher)
+        self._shard_data(train_loader, val_loader)
+        self._setup_precision()
+        self._build_parts(teacher_targets, loss_fn)
+        self._build_optimizer()
         self.step, self.data = 0, DataCursor(self.train_loader, config.seed)
         self.best_val_loss, self.bad_steps = float("inf"), 0
         self.history = {k: [] for k in _HISTORY_KEYS}
         self.progress = (not os.environ.get("IN_TEST")) if progress is None else progress
         self.flops_per_token = flops_per_token(self.student, self.teacher, config.seq_len)
         self.peak_flops = measured_matmul_peak(self.device, self.amp_dtype or torch.bfloat16)
+
+    # ---------- 构造：每个零件一个小方法 ----------
+    def _place_models(self, student, teacher):
+        "学生上设备；教师（alpha=0 时不要）上设备、冻结，并检查词表"
+        self.student = student.to(self.device)
+        self.teacher = None if self.config.alpha == 0 or teacher is None else teacher.to(self.device).eval().requires_grad_(False)
+        if self.teacher is not None: check_vocab(self.teacher, student.config.vocab_size)
+
+    def _shard_data(self, train_loader, val_loader):
+        "多卡时每个 rank 只读自己那一份数据"
+        self.train_loader = _shard_loader(train_loader, self.config.seed, train=True)
+        self.val_loader = _shard_loader(val_loader, self.config.seed, train=False)
+        if len(self.train_loader) == 0: raise ValueError("训练集 DataLoader 是空的（0 个 batch）")
+
+    def _setup_precision(self):
+        "autocast 的 dtype、fp16 的 GradScaler、要不要编译"
+        self.precision = resolve_precision(self.config.precision, self.device)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.compiled = self.config.compile and self.device.type == "cuda"   # CPU 上编译的耗时比省下的多
+
+    def _build_parts(self, teacher_targets, loss_fn):
+        "两个可替换的零件：loss_fn 与 teacher_targets（没给就用默认的 StudentLoss / TeacherForward）"
+        c = self.config
+        student_graphs, teacher_graphs = cuda_graph_plan(self.compiled, c.grad_accum_steps, c.loss_chunk_size > 0)
+        self.loss_fn = loss_fn or StudentLoss(self.student, c, self.compiled, student_graphs)
+        if c.alpha == 0: teacher_targets = None
+        elif teacher_targets is None:
+            teacher_targets = TeacherForward(self.teacher, c.loss_chunk_size > 0, self.compiled, teacher_graphs, self._autocast)
+        self.teacher_targets = teacher_targets
+
+    def _build_optimizer(self):
+        "多卡时先广播 rank 0 的参数，再建 AdamW 和学习率表"
+        c = self.config
+        if self.world > 1: _broadcast_params(self.student)
+        self.optimizer = build_optimizer(self.student, c)
+        self.total_steps = self._total_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
+            s, c.warmup_steps, self.total_steps, c.min_lr_ratio))
 
     def _total_steps(self) -> int:
         c = self.config
@@ -303,39 +221,52 @@ class DistillationTrainer:
 
     def _to_device(self, batch) -> dict: return batch_to_device(batch, self.student.config.vocab_size, self.device)
 
-    def _train_step(self) -> dict:
-        c, accum = self.config, self.config.grad_accum_steps
-        self.optimizer.zero_grad(set_to_none=True)
+    # ---------- 一步训练 ----------
+    def _accumulate_grads(self):
+        "grad_accum_steps 个微批各自前向、反向（梯度相加）；返回 (GPU 上的 [total, kl, ce] 平均, 全局 token 数)"
+        accum = self.config.grad_accum_steps
         parts, tokens = torch.zeros(3, device=self.device), 0
-        for k in range(accum):
+        for _ in range(accum):
             batch = self._to_device(self.data.next())
             teacher_out = None if self.teacher_targets is None else self.teacher_targets(batch)
             with self._autocast(): loss, m = self.loss_fn(batch["input_ids"], batch["labels"], teacher_out)
             self.scaler.scale(loss / (accum * self.world)).backward()   # 全局平均：除以微批数 × rank 数
             parts += torch.stack([m["total_loss"], m["kl_loss"], m["ce_loss"]]).float() / accum
             tokens += batch["input_ids"].numel() * self.world
-        if self.world > 1: _all_reduce_grads(list(self.student.parameters()))
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.gradient_clip)
-        parts = _all_reduce_mean(parts, self.world)
-        # 是否有限在 GPU 上判断，不拷回 CPU（4.2 节）。fp16：GradScaler 自己在 GPU 上发现 inf/NaN 梯度并跳过这一步，
-        # 梯度溢出在 fp16 里是常事，只有损失不是有限数才算坏步；其余精度：把 found_inf 交给融合版 AdamW
-        finite = parts[0].isfinite() & (grad_norm.isfinite() | self.scaler.is_enabled())
+        return parts, tokens
+
+    def _optimizer_step(self, finite: torch.Tensor):
+        "走一步优化器；finite 为假（仍在 GPU 上）时这一步不更新参数"
+        # fp16：GradScaler 自己在 GPU 上发现 inf/NaN 梯度并跳过；其余精度：把 found_inf 交给融合版 AdamW（4.2 节）
         if self.scaler.is_enabled(): self.scaler.step(self.optimizer)
         else:
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
             del self.optimizer.found_inf
         self.scaler.update()
+
+    def _train_step(self) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        parts, tokens = self._accumulate_grads()
+        if self.world > 1: _all_reduce_grads(list(self.student.parameters()))
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.gradient_clip)
+        parts = _all_reduce_mean(parts, self.world)
+        # 是否有限在 GPU 上判断，不拷回 CPU（4.2 节）。fp16 里梯度溢出是常事（GradScaler 会处理），只有损失不是有限数才算坏步
+        finite = parts[0].isfinite() & (grad_norm.isfinite() | self.scaler.is_enabled())
+        self._optimizer_step(finite)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
         # stats = [total, kl, ce, grad_norm, 有限?]，仍在 GPU 上；`_read_back` 攒几步一起读回
         return {"stats": torch.cat([parts, grad_norm.float()[None], finite.float()[None]]), "lr": lr, "tokens": tokens}
 
+    # ---------- 读回、跳过坏步、日志 ----------
     def _read_back(self, pending: list, acc: dict) -> int:
-        "把攒下的 [(step, stats)] 一次拷回 CPU（只等 GPU 一次）：有限的步累加进 acc，坏步交给 `_skip_step`；返回有限的步数"
+        "把攒下的 [(step, stats)] 一次拷回 CPU（只等 GPU 一次）并清空：有限的步累加进 acc，坏步交给 `_skip_step`；返回有限的步数"
+        if not pending: return 0
         steps, stats = zip(*pending)
+        pending.clear()
         n = 0
         for step, (total, kl, ce, grad_norm, finite) in zip(steps, torch.stack(stats).tolist()):
             if not finite: self._skip_step(step, total, grad_norm); continue
@@ -366,35 +297,34 @@ class DistillationTrainer:
         row = {"step": self.step, "train_loss": acc["loss"] / n, "kl_loss": acc["kl"] / n, "ce_loss": acc["ce"] / n,
                "lr": acc["lr"], "grad_norm": acc["grad_norm"] / n, "tokens_per_sec": tok_s, "mfu": mfu}
         for k, v in row.items(): self.history[k].append(v)
-        mfu_s = f" | mfu {100 * mfu:.1f}%" if self.peak_flops else ""
-        self._print(f"step {self.step:>6}/{self.total_steps} | loss {row['train_loss']:.4f} "
-                    f"(kl {row['kl_loss']:.4f} ce {row['ce_loss']:.4f}) | lr {row['lr']:.2e} | "
-                    f"grad {row['grad_norm']:.3f} | {tok_s:,.0f} tok/s{mfu_s}")
+        self._print(_log_line(row, self.total_steps))
+
+    # ---------- 评估 ----------
+    def _val_ce(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        "一个验证 batch 的 (平均硬标签 CE, 有效 token 数)，走和训练相同的分块/朴素路径"
+        b, chunk = self._to_device(batch), self.config.loss_chunk_size
+        ids, labels = b["input_ids"], b["labels"]
+        with self._autocast():
+            if chunk > 0:
+                _, m = chunked_distillation_loss(self.student.hidden_states(ids), self.student.lm_head.weight,
+                                                 labels, alpha=0.0, chunk_size=chunk)
+            else: _, m = distillation_loss(self.student(ids), None, labels, alpha=0.0)
+        return m["ce_loss"], (labels != IGNORE_INDEX).sum()
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         "验证集上的硬标签交叉熵（逐 token 平均）与困惑度 exp(CE)：返回 {'val_loss', 'val_ppl'}；不改变任何随机数状态"
         if self.val_loader is None: raise ValueError("没有验证集（val_loader=None），无法评估")
-        c, was_training = self.config, self.student.training
+        limit, was_training = self.config.eval_batches, self.student.training
         self.student.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)        # [CE 之和, token 数]
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for i, batch in enumerate(self.val_loader):
-                if c.eval_batches and i >= c.eval_batches: break
-                b = self._to_device(batch)
-                ids, labels = b["input_ids"], b["labels"]
-                with self._autocast():
-                    if c.loss_chunk_size > 0:
-                        _, m = chunked_distillation_loss(self.student.hidden_states(ids), self.student.lm_head.weight,
-                                                         labels, alpha=0.0, chunk_size=c.loss_chunk_size)
-                    else: _, m = distillation_loss(self.student(ids), None, labels, alpha=0.0)
-                n = (labels != IGNORE_INDEX).sum()
-                sums += torch.stack([m["ce_loss"].double() * n, n.double()])
+                if limit and i >= limit: break
+                ce, n = self._val_ce(batch)
+                sums += torch.stack([ce.double() * n, n.double()])
         self.student.train(was_training)
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.all_reduce(sums)
+        if self.world > 1: torch.distributed.all_reduce(sums)
         if sums[1] == 0: raise ValueError("验证集是空的（没有任何有效 token）")
         val_loss = (sums[0] / sums[1]).item()
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
@@ -410,24 +340,26 @@ class DistillationTrainer:
         self._print(f"step {self.step:>6}/{self.total_steps} | val_loss {res['val_loss']:.4f} | val_ppl {res['val_ppl']:.2f}")
         return res
 
+    # ---------- 检查点 ----------
     @property
     def checkpoint_path(self) -> str: return os.path.join(self.config.checkpoint_dir, "latest.pt")
+
+    def _state(self) -> dict:
+        "检查点里的完整训练状态：参数、优化器、学习率表、loss scale、数据位置、随机数状态、历史"
+        return {"format": "distill_edu/1", "model": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "best_val_loss": self.best_val_loss,
+                "bad_steps": self.bad_steps, "config": self.config.to_dict(),
+                "model_config": self.student.config.to_dict(), "rng": _get_rng_state(), "history": self.history}
 
     def save_checkpoint(self, path: str | None = None) -> str:
         "原子地保存完整训练状态（只有 rank 0 写文件）；返回路径"
         path = path or self.checkpoint_path
         if self.is_main:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            atomic_save({"format": "distill_edu/1", "model": self.student.state_dict(),
-                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                         "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
-                         "batch_in_epoch": self.batch_in_epoch, "best_val_loss": self.best_val_loss,
-                         "bad_steps": self.bad_steps, "config": self.config.to_dict(),
-                         "model_config": self.student.config.to_dict(), "rng": _get_rng_state(),
-                         "history": self.history}, path)
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.barrier()
+            atomic_save(self._state(), path)
+        if self.world > 1: torch.distributed.barrier()
         return path
 
     def load_checkpoint(self, path: str | None = None):
@@ -442,36 +374,48 @@ class DistillationTrainer:
         self.data.restore(ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["rng"])
         return ckpt
 
+    # ---------- 训练循环 ----------
+    def _due(self, end: int) -> tuple[bool, bool, bool]:
+        "刚走完的这一步要不要 (打印日志, 评估, 存检查点)"
+        c, s = self.config, self.step
+        return (s % c.log_interval == 0 or s == end,
+                self.val_loader is not None and (s % c.eval_interval == 0 or s == end),
+                s % c.save_interval == 0 and s != end)
+
+    def _pause(self, eval_now: bool, save_now: bool) -> float:
+        "评估和存盘；返回用掉的秒数（不计入 tokens/s）"
+        t = time.perf_counter()
+        if eval_now: self._record_eval()
+        if save_now: self.save_checkpoint()
+        return time.perf_counter() - t
+
+    def _progress_bar(self, end: int):
+        from tqdm.auto import tqdm
+        return tqdm(total=end, initial=self.step, disable=not (self.progress and self.is_main), leave=False,
+                    dynamic_ncols=True, desc="distill" if self.teacher_targets is not None else "ce")
+
     def train(self, num_steps: int | None = None) -> dict:
         "训练到 total_steps（或再走 num_steps 步）；按间隔打印日志、评估、保存检查点，结束时评估并保存；返回 history"
-        from tqdm.auto import tqdm
-        c = self.config
         end = self.total_steps if num_steps is None else min(self.total_steps, self.step + num_steps)
-        bar = tqdm(total=end, initial=self.step, disable=not (self.progress and self.is_main), leave=False,
-                   dynamic_ncols=True, desc="distill" if self.teacher_targets is not None else "ce")
+        bar = self._progress_bar(end)
         if self.peak_flops: self._print(f"MFU 的分母：本卡实测的矩阵乘峰值 {self.peak_flops / 1e12:.0f} TFLOP/s × {self.world} 张卡")
         self.student.train()
-        acc, n, t0 = dict.fromkeys(("loss", "kl", "ce", "grad_norm", "tokens"), 0.0), 0, time.perf_counter()
+        acc, n, t0 = _fresh_acc(), 0, time.perf_counter()
         pending = []                                       # 还没读回 CPU 的 (step, stats)
         watch = _BadStepWatch(self.device, self.bad_steps)
         while self.step < end:
             out = self._train_step()
             bar.update(1)
             pending.append((self.step, out["stats"]))
-            if watch.push(self.step, out["stats"][4] > 0, c.max_bad_steps) is not None:
-                n += self._read_back(pending, acc); pending = []   # 坏步够数了：按顺序处理攒下的步，`_skip_step` 在正确的那一步停下
+            if watch.push(self.step, out["stats"][4] > 0, self.config.max_bad_steps) is not None:
+                n += self._read_back(pending, acc)         # 坏步够数了：按顺序处理攒下的步，`_skip_step` 在正确的那一步停下
             acc["tokens"] += out["tokens"]; acc["lr"] = out["lr"]
-            log_now = self.step % c.log_interval == 0 or self.step == end
-            eval_now = self.val_loader is not None and (self.step % c.eval_interval == 0 or self.step == end)
-            save_now = self.step % c.save_interval == 0 and self.step != end
-            if log_now or eval_now or save_now: n += self._read_back(pending, acc); pending = []
+            log_now, eval_now, save_now = self._due(end)
+            if log_now or eval_now or save_now: n += self._read_back(pending, acc)
             if log_now and n:
                 self._log(acc, n, time.perf_counter() - t0)
-                acc, n, t0 = dict.fromkeys(("loss", "kl", "ce", "grad_norm", "tokens"), 0.0), 0, time.perf_counter()
-            t_pause = time.perf_counter()                  # 评估和存盘的时间不计入 tokens/s
-            if eval_now: self._record_eval()
-            if save_now: self.save_checkpoint()
-            t0 += time.perf_counter() - t_pause
+                acc, n, t0 = _fresh_acc(), 0, time.perf_counter()
+            t0 += self._pause(eval_now, save_now)
         bar.close()
         self.save_checkpoint()
         return self.history

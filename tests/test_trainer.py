@@ -1,4 +1,4 @@
-"tests for distill_edu.trainer and distill_edu.checkpoint: teacher loading, DistillationTrainer (resume, NaN, DDP), pluggable pieces"
+"tests for distill_edu.teacher, distill_edu.trainer and distill_edu.checkpoint: teacher loading, DistillationTrainer (resume, NaN, DDP), pluggable pieces"
 import math, os, warnings
 import pytest
 import torch
@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig, LOSS_KINDS
 from distill_edu.losses import IGNORE_INDEX
 from distill_edu.checkpoint import atomic_save
-from distill_edu.trainer import DistillationTrainer, TrainingDiverged, check_vocab, load_teacher_model, lr_multiplier
+from distill_edu.teacher import check_vocab, load_teacher_model
+from distill_edu.trainer import DistillationTrainer, TrainingDiverged, lr_multiplier
 from distill_edu.model import StudentModel
 from kd_helpers import (SEQ, V, V_TEACHER, assert_same_training, cfg, markov_loader, params_of, save_hf_teacher,
                         tiny_student)
