@@ -349,9 +349,11 @@ class CachedTargets:
 try: import triton, triton.language as tl
 except ImportError: triton = None                   # 纯 CPU 的安装可以没有 Triton：那时只用上面的 PyTorch 实现
 
-_Q_REST_FLOOR = 1e-6   # 1 − Σ_K q 在 float32 里的舍入误差约 1e-6：学生尾部比它还小时按它算（此时 r·log(r/q_R) 与尾部梯度都有界）
-
 if triton is not None:
+    # 1 − Σ_K q 在 float32 里的舍入误差约 1e-6：学生尾部比它还小时按它算（此时 r·log(r/q_R) 与尾部梯度都有界）。
+    # kernel 里只能读 constexpr 的全局量（解释器模式不查这一点，真 GPU 上的编译会报错）
+    _Q_REST_FLOOR = tl.constexpr(1e-6)
+
     @triton.jit
     def _sparse_kl_ce_kernel(z_ptr, ids_ptr, lp_ptr, y_ptr, g_ptr, kl_ptr, ce_ptr, row_stride, V, V_pad, alpha, T,
                              K: tl.constexpr, K_POW2: tl.constexpr, REST: tl.constexpr, WANT_GRAD: tl.constexpr,
