@@ -288,7 +288,7 @@ class TextGenerator:
     """用 StudentModel（或由 from_hf_qwen2 转换来的任何 Qwen2 模型）生成文本。
 
     tokenizer 是 Hugging Face 分词器（Qwen2.5 的字节级 BPE）；模型会被移到 device 并切换到 eval 模式。
-    在 CUDA 上默认用静态缓存 + CUDA graph 解码（每个 batch 大小第一次生成时录一次图）；cuda_graphs=False 关掉它，
+    在 CUDA 上默认用静态缓存 + CUDA graph 解码（每种 batch 大小、缓存长度档位第一次生成时录一次图）；cuda_graphs=False 关掉它，
     compile=True 再在录图前用 torch.compile 融合 kernel（首次更慢，之后更快）。CPU 上总是普通的动态缓存循环。"""
     def __init__(self, model, tokenizer, device=None, cuda_graphs: bool = True, compile: bool = False):
         self.device = check_device(device) if device is not None else next(model.parameters()).device
@@ -303,14 +303,15 @@ class TextGenerator:
             raise ValueError(f"compile=True 只用于 CUDA graph 解码（需要 device='cuda' 且 cuda_graphs=True），当前 device={self.device}")
         self._decoders = {}                                         # batch 大小 → 录好图的 StaticDecoder
 
-    def _decoder(self, batch_size: int, use_cache: bool):
-        "CUDA graph 解码器（按 batch 大小缓存、反复使用）；不用时返回 None，走动态缓存的循环"
+    def _decoder(self, batch_size: int, total_len: int, use_cache: bool):
+        """CUDA graph 解码器，按 (batch 大小, 缓存长度档位) 缓存、反复使用；不用时返回 None，走动态缓存的循环。
+        缓存长度取 ≥ total_len 的 2 的幂（至少 256，至多 max_seq_len）：上下文很长的模型不必每步对整个上下文做注意力"""
         if not (self.cuda_graphs and use_cache): return None
+        length = min(self.model.config.max_seq_len, max(256, 1 << (total_len - 1).bit_length()))
         param = next(self.model.parameters())                        # 图里记的是权重的地址：模型被移动或换 dtype 后要重录
-        key = (batch_size, param.data_ptr(), param.dtype)
+        key = (batch_size, length, param.data_ptr(), param.dtype)
         if key not in self._decoders:
-            self._decoders[key] = StaticDecoder(self.model, batch_size, self.model.config.max_seq_len,
-                                                cuda_graph=True, compile=self.compile)
+            self._decoders[key] = StaticDecoder(self.model, batch_size, length, cuda_graph=True, compile=self.compile)
         return self._decoders[key]
 
     def encode(self, prompt: str) -> list[int]:
@@ -356,7 +357,7 @@ class TextGenerator:
         返回 (B, 已生成步数) int64，含 EOS 及其后的 token，由调用方截断"""
         use_cache = sampling.get("use_cache", True)
         steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size,
-                             decoder=self._decoder(input_ids.shape[0], use_cache), **sampling)
+                             decoder=self._decoder(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, use_cache), **sampling)
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=self.device)
         new = []
@@ -389,7 +390,7 @@ class TextGenerator:
         yield sent
         input_ids, mask = left_pad([ids], self.pad_id)
         steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size,
-                             decoder=self._decoder(1, sampling.get("use_cache", True)), **sampling)
+                             decoder=self._decoder(1, len(ids) + max_new_tokens, sampling.get("use_cache", True)), **sampling)
         for next_token in steps:
             token = next_token.item()                                  # 流式：每个 token 都要读回主机
             if token in self.eos_ids: break

@@ -259,7 +259,7 @@ def test_static_decoder_errors(student):
 
 def test_generator_uses_plain_loop_on_cpu_and_names_bad_compile_flag(student, tok):
     g = TextGenerator(student, tok)
-    assert not g.cuda_graphs and g._decoder(2, use_cache=True) is None
+    assert not g.cuda_graphs and g._decoder(2, 10, use_cache=True) is None
     with pytest.raises(ValueError, match="compile=True"): TextGenerator(student, tok, compile=True)
 
 
