@@ -137,6 +137,16 @@ def teacher_section(r) -> str:
             + table(rows, ["corpus", "dtype", "tokens", "val_ppl", "nonfinite_logits", "top1_agreement_with_ours"]))
 
 
+def generate_targets(r) -> str:
+    "静态缓存 + CUDA graph 的目标：每个 batch 最快的 ours_cuda_graph* 与目标、与同一次运行里最快的 HF 配置相比"
+    parts = [f"batch {B}：{t['ours_best']} tok/s（目标 ≥ {t['target_tokens_per_s']:.0f}，{'达到' if t['meets_target'] else '未达到'}；"
+             f"同一次运行里最快的 HF 配置 {t['hf_best']} tok/s，{'领先' if t['beats_hf'] else '落后'}）"
+             for B, t in r["targets"].items()]
+    checked = "；计时前 `--check` 已核对 CUDA graph 的贪心 = 不录图 = HF、批量 = 一条一条" if r.get("checked") else ""
+    return (f"\n{r['device_name']}（{provenance(r).strip()}）上静态缓存 + CUDA graph 的最快一种：" + "；".join(parts)
+            + checked + "。\n")
+
+
 def sections():
     out = []
     if (r := load("teacher_eval")):
@@ -160,8 +170,11 @@ def sections():
     if gen:
         rows = [{**row, "device": r["device_name"], "dtype": r["dtype"], "threads": r.get("threads")} for r in gen for row in r["rows"]]
         out.append(("文本生成（默认学生，提示 %d token，生成 %d token）" % (gen[0]["prompt_len"], gen[0]["new_tokens"]),
-                    "命令与读数说明见 [bench/generate.md](bench/generate.md)。\n\n"
-                    + table(rows, ["device", "dtype", "threads", "batch_size", "method", "tokens_per_s", "vs_ours_cache"])))
+                    "命令与读数说明见 [bench/generate.md](bench/generate.md)。`first_call_s` 是第一次调用的秒数"
+                    "（含建解码器、录 CUDA graph、编译），不计入 tokens_per_s。\n\n"
+                    + table(rows, ["device", "dtype", "threads", "batch_size", "method", "tokens_per_s", "vs_ours_cache",
+                                   "first_call_s"])
+                    + "".join(generate_targets(r) for r in gen if r.get("targets"))))
     if (r := load("cpu_suite")):
         out.append(("CPU 测试套件（nbdev_test + pytest）", provenance(r) + table(r["rows"], ["command", "seconds", "exit_code"])))
     return out

@@ -2,6 +2,7 @@
 
 # %% ../nbs/08_generate.ipynb #81799927
 from __future__ import annotations
+import time
 from pathlib import Path
 
 import torch
@@ -11,8 +12,9 @@ from .config import ModelConfig, check_device, check_int, check_number, check_to
 from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'EOS_TOKENS', 'WEIGHT_KEYS', 'check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_filter',
-           'sample_next_token', 'KVCache', 'eos_token_ids', 'left_pad', 'last_token_logits', 'decode_steps',
+__all__ = ['STRATEGIES', 'EOS_TOKENS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'check_sampling_args', 'apply_temperature',
+           'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache', 'StaticKVCache', 'static_decode_step',
+           'eos_token_ids', 'left_pad', 'limit_vocab', 'last_token_logits', 'decode_steps', 'StaticDecoder',
            'TextGenerator', 'load_trained_model']
 
 # %% ../nbs/08_generate.ipynb #d1c7c3b2
@@ -110,6 +112,58 @@ class KVCache:
         "清空缓存（只重置长度，不重新分配显存）"
         self.seq_len = 0
 
+# %% ../nbs/08_generate.ipynb #34b6f438
+class StaticKVCache(KVCache):
+    """形状固定的 KV 缓存：每层 (B, h_kv, max_seq_len, d_h)，解码时形状永不改变。
+    预填充（普通前向）与 KVCache 完全相同：切片写入、主机上的 seq_len 前进。`start_decoding(attention_mask)` 之后进入解码模式：
+    `update` 把新键值 (B, h_kv, 1, d_h) 写到 GPU 上的槽位 `slot` (1,) int64 处，返回**整块**缓存；
+    哪些槽位可见由 `key_mask` (B, max_seq_len) bool 决定（非填充且已写入），而不是靠切片。"""
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        B, device = self.keys[0].shape[0], self.keys[0].device
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)                      # 下一个 token 写到哪一列
+        self.key_mask = torch.zeros(B, self.max_seq_len, dtype=torch.bool, device=device)
+        self.decoding = False
+
+    def reset(self):
+        "回到预填充模式、清空长度（不重新分配显存：张量地址不变，录好的 CUDA graph 仍然有效）"
+        super().reset()
+        self.decoding = False
+
+    def start_decoding(self, attention_mask: torch.Tensor):
+        "预填充之后调用：attention_mask (B, seq_len) 0/1 是提示的掩码；之后的 token 依次写到槽位 seq_len, seq_len+1, …"
+        if attention_mask.shape != (self.key_mask.shape[0], self.seq_len):
+            raise ValueError(f"attention_mask 形状应为 {(self.key_mask.shape[0], self.seq_len)}（batch, 已预填充的长度），"
+                             f"收到 {tuple(attention_mask.shape)}")
+        self.key_mask.zero_()
+        self.key_mask[:, :self.seq_len] = attention_mask.bool()
+        self.slot.fill_(self.seq_len)
+        self.decoding = True
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "预填充时同 KVCache.update；解码时写入槽位 slot，返回整块 (B, h_kv, max_seq_len, d_h)"
+        if not self.decoding: return super().update(layer_idx, k, v)
+        if k.dim() != 4 or k.shape[2] != 1:
+            raise ValueError(f"解码模式每步只写 1 个 token：k 应为 (B, h_kv, 1, d_h)，收到 {tuple(k.shape)}")
+        self.keys[layer_idx].index_copy_(2, self.slot, k)                                # 写到 GPU 上给出的列，不读回主机
+        self.values[layer_idx].index_copy_(2, self.slot, v)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+# %% ../nbs/08_generate.ipynb #05575bd2
+def static_decode_step(model, cache: StaticKVCache, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """形状固定的一步解码，可以原样录成 CUDA graph。token/position (B, 1) int64：上一步选出的 token 与它的位置；
+    cache 处于解码模式。原地推进 cache.key_mask、position、cache.slot（不读回主机）；返回 (B, V) float32 的 logits"""
+    cache.key_mask.index_fill_(1, cache.slot, True)                   # 本步写入的槽位从此可见
+    x = model.embedding(token)
+    cos, sin = model.rope(position, x.dtype)                          # RoPE 用真实位置（左填充时 ≠ 槽位）
+    mask = cache.key_mask[:, None, None, :]                           # (B, 1, 1, S_max)：掩码代替切片
+    for layer in model.layers:
+        x = layer(x, cos, sin, mask, cache)
+    logits = model.lm_head(model.final_norm(x)[:, -1]).float()
+    position.add_(1)
+    cache.slot.add_(1)
+    return logits
+
 # %% ../nbs/08_generate.ipynb #0af4a789
 EOS_TOKENS = ("<|endoftext|>", "<|im_end|>")
 
@@ -127,23 +181,35 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 # %% ../nbs/08_generate.ipynb #7eeb6ae0
+def limit_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    "把 vocab_limit 及之后的列（分词器里没有的编号）原地置为 -inf；logits (B, V)"
+    if vocab_limit is not None and logits.shape[-1] > vocab_limit: logits[:, vocab_limit:] = float("-inf")
+    return logits
+
 def last_token_logits(model, input_ids, attention_mask, kv_cache=None, vocab_limit: int | None = None) -> torch.Tensor:
     "一次前向，只对最后一个位置计算 lm_head。input_ids/attention_mask (B, T_new)/(B, T_total) int64；返回 (B, V) float32"
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]    # pos = cumsum(mask) - 1
     h = model.hidden_states(input_ids, attention_mask=attention_mask, position_ids=positions, kv_cache=kv_cache)
-    logits = model.lm_head(h[:, -1]).float()
-    if vocab_limit is not None and logits.shape[-1] > vocab_limit: logits[:, vocab_limit:] = float("-inf")
-    return logits
+    return limit_vocab(model.lm_head(h[:, -1]).float(), vocab_limit)
 
 @torch.inference_mode()
 def decode_steps(model, input_ids, attention_mask, max_new_tokens: int, strategy="greedy", temperature=1.0, top_k=50,
-                 top_p=0.9, seed=None, use_cache=True, vocab_limit: int | None = None):
+                 top_p=0.9, seed=None, use_cache=True, vocab_limit: int | None = None, decoder=None):
     """生成循环：input_ids/attention_mask (B, P) int64（左填充），每步产出 (B,) int64 的新 token，共 max_new_tokens 步
-    （不判断 EOS，由调用方决定何时停止）。use_cache=False 时每步把整条序列重新送进模型（用于对照）。"""
+    （不判断 EOS，由调用方决定何时停止）。use_cache=False 时每步把整条序列重新送进模型（用于对照）；
+    给出 decoder（StaticDecoder）时用它的静态缓存（以及录好的 CUDA graph）逐步解码。"""
     check_sampling_args(strategy, temperature, top_k, top_p)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     tokens, mask = input_ids.to(device), attention_mask.to(device)
+    if decoder is not None:
+        decoder.check_fits(*tokens.shape, max_new_tokens)
+        logits = decoder.prefill(tokens, mask)                            # 预填充：普通前向
+        for step in range(max_new_tokens):
+            next_token = sample_next_token(limit_vocab(logits, vocab_limit), strategy, temperature, top_k, top_p, generator)
+            yield next_token                                              # 仍在 GPU 上，循环不等主机
+            if step + 1 < max_new_tokens: logits = decoder.step(next_token)
+        return
     cache = KVCache.for_model(model, tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
     step_input = tokens
     for _ in range(max_new_tokens):
@@ -154,12 +220,77 @@ def decode_steps(model, input_ids, attention_mask, max_new_tokens: int, strategy
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         step_input = next_token[:, None] if use_cache else tokens    # 有缓存：只送新 token；无缓存：整条重算
 
+# %% ../nbs/08_generate.ipynb #6422fd41
+class StaticDecoder:
+    """固定形状的解码器：一个 StaticKVCache 加上固定地址的输入张量 token/position (B, 1)。
+    cuda_graph=True（仅 CUDA）时把 `static_decode_step` 录成一张 CUDA graph，之后每步只 `replay()`；
+    compile=True 时先经 torch.compile 融合 kernel 再录图。首次构造的耗时（预热 + 编译 + 录图）记在 `setup_seconds`。
+    同一个解码器可反复使用：`prefill` 每次重置缓存，张量地址不变。"""
+    def __init__(self, model, batch_size: int, max_seq_len: int | None = None, cuda_graph: bool = False, compile: bool = False, warmup_steps: int = 3):
+        self.model = model
+        self.cache = StaticKVCache.for_model(model, batch_size, max_seq_len)
+        device = self.cache.slot.device
+        if (cuda_graph or compile) and device.type != "cuda":
+            raise ValueError(f"cuda_graph/compile 只用于 CUDA，模型在 {device} 上；请用 cuda_graph=False, compile=False")
+        if cuda_graph and self.cache.max_seq_len <= warmup_steps + 1:
+            raise ValueError(f"max_seq_len={self.cache.max_seq_len} 太短：录图前要先预热 {warmup_steps} 步")
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros_like(self.token)
+        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False) if compile else static_decode_step
+        self._run = lambda: step(self.model, self.cache, self.token, self.position)
+        self.graph, self.logits, self.setup_seconds = None, None, 0.0
+        if cuda_graph: self._capture(warmup_steps)
+
+    @torch.inference_mode()
+    def _capture(self, warmup_steps: int):
+        "在旁路 stream 上预热（torch.compile 在这里编译），再录一步；预热写进缓存的内容会被下一次 prefill 覆盖"
+        start = time.perf_counter()
+        self.cache.reset(); self.cache.decoding = True
+        stream = torch.cuda.Stream(self.token.device)
+        stream.wait_stream(torch.cuda.current_stream(self.token.device))
+        with torch.cuda.stream(stream):
+            for _ in range(warmup_steps): self._run()
+        torch.cuda.current_stream(self.token.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph): self.logits = self._run()    # logits 是图里固定地址的输出
+        torch.cuda.synchronize(self.token.device)
+        self.cache.reset()
+        self.setup_seconds = time.perf_counter() - start
+
+    def check_fits(self, batch_size: int, prompt_len: int, max_new_tokens: int):
+        "batch 必须与建立时相同；解码要写 prompt_len + max_new_tokens - 1 个槽位，不能超过 max_seq_len"
+        check_int("max_new_tokens", max_new_tokens)
+        B, S = self.token.shape[0], self.cache.max_seq_len
+        if batch_size != B or prompt_len + max_new_tokens - 1 > S:
+            raise ValueError(f"解码器（batch={B}，max_seq_len={S}）装不下 batch={batch_size}、"
+                             f"提示 {prompt_len} 个 token 再生成 max_new_tokens={max_new_tokens} 个")
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        "普通前向预填充 (B, P) 的提示，进入解码模式；返回最后位置的 (B, V) float32 logits"
+        self.check_fits(*input_ids.shape, 1)
+        self.cache.reset()
+        logits = last_token_logits(self.model, input_ids, attention_mask, self.cache)
+        self.cache.start_decoding(attention_mask)
+        self.position.copy_(attention_mask.sum(-1, keepdim=True))        # 第一个新 token 的位置 = 提示的真实长度
+        return logits
+
+    def step(self, next_token: torch.Tensor) -> torch.Tensor:
+        "送入上一步选出的 next_token (B,)，返回下一步的 (B, V) logits（录图时是固定地址的张量，下一步会被覆盖）"
+        self.token.copy_(next_token[:, None])
+        if self.graph is None: return self._run()
+        self.graph.replay()
+        return self.logits
+
 # %% ../nbs/08_generate.ipynb #672be785
+EOS_CHECK_EVERY = 8   # 批量生成时每隔几步检查一次 EOS（检查要等 GPU）
+
 class TextGenerator:
     """用 StudentModel（或由 from_hf_qwen2 转换来的任何 Qwen2 模型）生成文本。
 
-    tokenizer 是 Hugging Face 分词器（Qwen2.5 的字节级 BPE）；模型会被移到 device 并切换到 eval 模式。"""
-    def __init__(self, model, tokenizer, device=None):
+    tokenizer 是 Hugging Face 分词器（Qwen2.5 的字节级 BPE）；模型会被移到 device 并切换到 eval 模式。
+    在 CUDA 上默认用静态缓存 + CUDA graph 解码（每种 batch 大小、缓存长度档位第一次生成时录一次图）；cuda_graphs=False 关掉它，
+    compile=True 再在录图前用 torch.compile 融合 kernel（首次更慢，之后更快）。CPU 上总是普通的动态缓存循环。"""
+    def __init__(self, model, tokenizer, device=None, cuda_graphs: bool = True, compile: bool = False):
         self.device = check_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -167,6 +298,21 @@ class TextGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.text_vocab_size = len(tokenizer)                       # 超出它的编号（教师的填充行）不能被采样
         self.model_vocab_size = model.config.vocab_size
+        self.cuda_graphs, self.compile = self.device.type == "cuda" and cuda_graphs, compile
+        if compile and not self.cuda_graphs:
+            raise ValueError(f"compile=True 只用于 CUDA graph 解码（需要 device='cuda' 且 cuda_graphs=True），当前 device={self.device}")
+        self._decoders = {}                                         # batch 大小 → 录好图的 StaticDecoder
+
+    def _decoder(self, batch_size: int, total_len: int, use_cache: bool):
+        """CUDA graph 解码器，按 (batch 大小, 缓存长度档位) 缓存、反复使用；不用时返回 None，走动态缓存的循环。
+        缓存长度取 ≥ total_len 的 2 的幂（至少 256，至多 max_seq_len）：上下文很长的模型不必每步对整个上下文做注意力"""
+        if not (self.cuda_graphs and use_cache): return None
+        length = min(self.model.config.max_seq_len, max(256, 1 << (total_len - 1).bit_length()))
+        param = next(self.model.parameters())                        # 图里记的是权重的地址：模型被移动或换 dtype 后要重录
+        key = (batch_size, length, param.data_ptr(), param.dtype)
+        if key not in self._decoders:
+            self._decoders[key] = StaticDecoder(self.model, batch_size, length, cuda_graph=True, compile=self.compile)
+        return self._decoders[key]
 
     def encode(self, prompt: str) -> list[int]:
         "把一个提示编码为 token 编号；空提示报错"
@@ -199,15 +345,28 @@ class TextGenerator:
         prompt_ids = [self.encode(p) for p in prompts]
         self._check_lengths(prompt_ids, max_new_tokens)
         input_ids, mask = left_pad(prompt_ids, self.pad_id)
-        outputs, done = [list(ids) for ids in prompt_ids], [False] * len(prompts)
-        steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size, **sampling)
-        for next_token in steps:
-            for row, token in enumerate(next_token.tolist()):
-                if done[row]: continue
-                if token in self.eos_ids: done[row] = True      # 这一行结束；之后它的 token 不再收集
-                else: outputs[row].append(token)
-            if all(done): break
+        new = self._new_tokens(input_ids, mask, max_new_tokens, sampling)
+        outputs = []
+        for ids, row in zip(prompt_ids, new.tolist()):                 # 每行截到第一个 EOS 之前
+            stop = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
+            outputs.append(list(ids) + row[:stop])
         return outputs
+
+    def _new_tokens(self, input_ids, mask, max_new_tokens: int, sampling: dict) -> torch.Tensor:
+        """逐步生成，新 token 留在 GPU 上；每 EOS_CHECK_EVERY 步才读回一次“是否每行都已出现 EOS”（只在这里等 GPU）。
+        返回 (B, 已生成步数) int64，含 EOS 及其后的 token，由调用方截断"""
+        use_cache = sampling.get("use_cache", True)
+        steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size,
+                             decoder=self._decoder(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, use_cache), **sampling)
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=self.device)
+        new = []
+        for next_token in steps:
+            new.append(next_token)
+            if len(new) % EOS_CHECK_EVERY == 0:
+                done |= torch.isin(torch.stack(new[-EOS_CHECK_EVERY:], 1), eos).any(1)
+                if bool(done.all()): break                             # 每行都结束了：不再生成
+        return torch.stack(new, 1).cpu()
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 100, strategy: str = "greedy",
                  temperature: float = 1.0, top_k: int = 50, top_p: float = 0.9, seed: int | None = None,
@@ -230,9 +389,10 @@ class TextGenerator:
         ids, sent = list(prompt_ids), self.decode(prompt_ids)
         yield sent
         input_ids, mask = left_pad([ids], self.pad_id)
-        steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size, **sampling)
+        steps = decode_steps(self.model, input_ids, mask, max_new_tokens, vocab_limit=self.text_vocab_size,
+                             decoder=self._decoder(1, len(ids) + max_new_tokens, sampling.get("use_cache", True)), **sampling)
         for next_token in steps:
-            token = next_token.item()
+            token = next_token.item()                                  # 流式：每个 token 都要读回主机
             if token in self.eos_ids: break
             ids.append(token)
             text = self.decode(ids)

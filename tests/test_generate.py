@@ -6,9 +6,9 @@ import torch
 
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.data import load_tokenizer
-from distill_edu.generate import (STRATEGIES, KVCache, TextGenerator, apply_temperature, check_sampling_args,
-                                  decode_steps, left_pad, load_trained_model, sample_next_token, top_k_filter,
-                                  top_p_filter)
+from distill_edu.generate import (STRATEGIES, KVCache, StaticDecoder, StaticKVCache, TextGenerator, apply_temperature,
+                                  check_sampling_args, decode_steps, left_pad, load_trained_model, sample_next_token,
+                                  static_decode_step, top_k_filter, top_p_filter)
 from distill_edu.model import StudentModel, to_hf_qwen2
 
 
@@ -178,6 +178,100 @@ def test_model_refuses_to_decode_past_cache_capacity(student):
         student(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
         with pytest.raises(ValueError, match="max_seq_len=5"):
             student(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
+# —— 静态缓存（CUDA graph 录的就是这一步；这里在 CPU 上逐步直接调用）——
+def padded_batch(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (3, 9), generator=g)
+    mask = torch.ones_like(ids); mask[0, :5] = 0; mask[2, :2] = 0
+    return ids, mask
+
+
+def test_static_step_logits_equal_dynamic_cache_at_every_step(student):
+    seq, mask = padded_batch(student.config.vocab_size)
+    seq = torch.cat([seq, torch.randint(0, 100, (3, 6))], 1)
+    mask = torch.cat([mask, torch.ones(3, 6, dtype=torch.long)], 1)
+    P = 9
+    with torch.no_grad():
+        dyn, static = KVCache.for_model(student, 3), StaticKVCache.for_model(student, 3)
+        a = [student(seq[:, :P], attention_mask=mask[:, :P], kv_cache=dyn)[:, -1]]
+        b = [student(seq[:, :P], attention_mask=mask[:, :P], kv_cache=static)[:, -1]]
+        static.start_decoding(mask[:, :P])
+        position = mask[:, :P].sum(-1, keepdim=True)
+        for t in range(P, seq.shape[1]):
+            a.append(student(seq[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=dyn)[:, -1])
+            b.append(static_decode_step(student, static, seq[:, t:t + 1], position))
+    for x, y in zip(a, b): torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+    assert static.slot.item() == seq.shape[1] and static.keys[0].shape[2] == student.config.max_seq_len
+    assert position[:, 0].tolist() == mask.sum(-1).tolist()
+    assert static.key_mask.sum(-1).tolist() == mask.sum(-1).tolist()     # 填充与没写过的槽位都不可见
+
+
+def test_static_cache_writes_only_the_slot_and_needs_start_decoding():
+    cache = StaticKVCache(num_layers=1, batch_size=2, num_kv_heads=1, max_seq_len=6, head_dim=2)
+    k = torch.randn(2, 1, 3, 2)
+    assert cache.update(0, k, k)[0].shape[2] == 3                         # 预填充：与 KVCache 相同，返回切片
+    cache.advance(3)
+    with pytest.raises(ValueError, match=r"\(2, 3\)"): cache.start_decoding(torch.ones(2, 4, dtype=torch.long))
+    cache.start_decoding(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    new = torch.randn(2, 1, 1, 2)
+    k_all, _ = cache.update(0, new, new)
+    assert k_all.shape == (2, 1, 6, 2) and torch.equal(k_all[:, :, 3:4], new) and torch.equal(k_all[:, :, :3], k)
+    assert not k_all[:, :, 4:].any()
+    assert cache.key_mask.tolist() == [[False, True, True, False, False, False], [True, True, True, False, False, False]]
+    with pytest.raises(ValueError, match="1 个 token"): cache.update(0, k, k)
+    cache.reset()
+    assert not cache.decoding and cache.update(0, k, k)[0].shape[2] == 3
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(strategy="top_k", top_k=20, temperature=1.3, seed=4),
+                                      dict(strategy="top_p", top_p=0.9, seed=11)])
+def test_static_decoder_equals_dynamic_loop_token_for_token(student, sampling):
+    ids, mask = padded_batch(student.config.vocab_size, seed=1)
+    dec = StaticDecoder(student, batch_size=3)
+    run = lambda **kw: torch.stack(list(decode_steps(student, ids, mask, 30, vocab_limit=500, **sampling, **kw)), 1)
+    dynamic = run()
+    assert torch.equal(run(decoder=dec), dynamic)
+    assert torch.equal(run(decoder=dec), dynamic)                      # 同一个解码器再用一次：prefill 重置了缓存
+    assert (dynamic < 500).all()
+
+
+def test_static_decoder_batched_equals_one_by_one(student):
+    ids, mask = padded_batch(student.config.vocab_size, seed=2)
+    batched = torch.stack(list(decode_steps(student, ids, mask, 12, decoder=StaticDecoder(student, 3))), 1)
+    one = StaticDecoder(student, 1)
+    for row in range(3):
+        real = ids[row:row + 1, mask[row].bool()]
+        alone = torch.stack(list(decode_steps(student, real, torch.ones_like(real), 12, decoder=one)), 1)
+        assert torch.equal(alone[0], batched[row]), row
+
+
+def test_static_decoder_errors(student):
+    ids, mask = padded_batch(student.config.vocab_size)
+    dec = StaticDecoder(student, batch_size=3, max_seq_len=20)
+    with pytest.raises(ValueError, match="max_seq_len=20"): list(decode_steps(student, ids, mask, 13, decoder=dec))
+    assert len(list(decode_steps(student, ids, mask, 12, decoder=dec))) == 12       # 9 + 12 - 1 = 20 个槽位，刚好装下
+    with pytest.raises(ValueError, match="batch=3"): list(decode_steps(student, ids[:2], mask[:2], 4, decoder=dec))
+    with pytest.raises(ValueError, match="CUDA"): StaticDecoder(student, 1, cuda_graph=True)
+    with pytest.raises(ValueError, match="CUDA"): StaticDecoder(student, 1, compile=True)
+
+
+def test_generator_uses_plain_loop_on_cpu_and_names_bad_compile_flag(student, tok):
+    g = TextGenerator(student, tok)
+    assert not g.cuda_graphs and g._decoder(2, 10, use_cache=True) is None
+    with pytest.raises(ValueError, match="compile=True"): TextGenerator(student, tok, compile=True)
+
+
+def test_eos_stops_each_row_even_between_checks(tok):
+    "EOS 每 EOS_CHECK_EVERY 步才检查一次：检查之前出现的 EOS 也要把那一行截在 EOS 之前"
+    chain = tok.encode("你好世界", add_special_tokens=False) + [tok.eos_token_id] + tok.encode("再见", add_special_tokens=False)
+    e = chain.index(tok.eos_token_id)
+    assert e + 1 < 8                                                   # EOS 出现在第一次检查之前
+    g = TextGenerator(chain_student(tok, chain), tok)
+    out = g.generate_ids([tok.decode(chain[:1]), tok.decode(chain[e + 1:e + 2])], max_new_tokens=20)
+    assert out[0] == chain[:e]                                          # 第一行停在 EOS 之前
+    assert out[1][:len(chain) - e - 1] == chain[e + 1:] and len(out[1]) == 1 + 20   # 第二行没有 EOS：生成满 20 个
 
 
 # —— TextGenerator ——
