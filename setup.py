@@ -19,6 +19,7 @@ min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
 gguf_requirements = cfg.get('gguf_requirements', '').split()   # 读取 .gguf 教师（llama.cpp / Ollama 格式）
+opencc_requirements = cfg.get('opencc_requirements', '').split()   # 繁体 → 简体（load_corpus 的 to_simplified）
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -38,8 +39,9 @@ setuptools.setup(
                 + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
+    package_data={cfg['lib_name']: ['assets/*']},   # Qwen2.5 的 BPE 排名表 qwen.tiktoken 及其许可说明
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'gguf': gguf_requirements},
+    extras_require={'dev': dev_requirements, 'gguf': gguf_requirements, 'opencc': opencc_requirements},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

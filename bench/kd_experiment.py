@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel, from_hf_qwen2
-from distill_edu.data import load_tokenizer, WikiDataset
+from distill_edu.data import WikiDataset
+from distill_edu.tokenizer import load_tokenizer
 from distill_edu.chunked import chunked_distillation_loss
 from distill_edu.teacher import load_teacher_model, teacher_hidden_and_head
 from distill_edu.trainer import DistillationTrainer

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
-from distill_edu.data import load_tokenizer
+from distill_edu.tokenizer import load_tokenizer
 from distill_edu.teacher import load_teacher_model
 from distill_edu.trainer import DistillationTrainer
 from distill_edu.sparse import SparseTargetDataset

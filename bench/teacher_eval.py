@@ -10,7 +10,8 @@ import argparse, math, sys, time
 from pathlib import Path
 import torch
 from common import device_name, write_json
-from distill_edu.data import WikiDataset, load_tokenizer
+from distill_edu.data import WikiDataset
+from distill_edu.tokenizer import load_tokenizer
 from distill_edu.teacher import load_teacher_model, model_logits
 from distill_edu.model import from_hf_qwen2
 

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from .config import ModelConfig, TrainingConfig, check_device, check_int, check_number, check_output_dir
 from .model import StudentModel, to_hf_qwen2
-from .data import QWEN25_TOKENIZER, WikiDataset, create_dataloaders, hub_reachable, load_tokenizer
+from .data import WikiDataset, create_dataloaders
+from .tokenizer import QWEN25_TOKENIZER, hub_reachable, load_tokenizer
 from .generate import TextGenerator
 from .teacher import check_vocab, load_teacher_model
 from .trainer import DistillationTrainer, TrainingDiverged

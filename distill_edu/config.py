@@ -7,8 +7,143 @@ from dataclasses import dataclass, asdict
 
 
 # %% auto #0
-__all__ = ['LOSS_KINDS', 'PRECISIONS', 'check_int', 'check_number', 'check_warmup', 'check_output_dir', 'check_device',
-           'check_token_ids', 'ModelConfig', 'expect_error', 'TrainingConfig']
+__all__ = ['LOSS_KINDS', 'PRECISIONS', 'ModelConfig', 'TrainingConfig', 'check_int', 'check_number', 'check_warmup',
+           'check_output_dir', 'check_device', 'check_token_ids', 'expect_error']
+
+# %% ../nbs/00_config.ipynb #8187a8bc
+@dataclass
+class ModelConfig:
+    "学生模型（Qwen2.5 结构）的超参数；创建时自动校验"
+    hidden_size: int = 512          # 残差流维度 d
+    num_layers: int = 12            # Transformer 块数 L
+    num_heads: int = 8              # 查询头数 h
+    num_kv_heads: int = 2           # 键/值头数 h_kv（GQA）
+    intermediate_size: int = 2048   # SwiGLU 中间层宽度
+    vocab_size: int = 151665        # 词表大小（= len(Qwen2.5 分词器)）
+    max_seq_len: int = 512          # 训练/生成时允许的最长上下文
+    rope_theta: float = 1e6         # RoPE 基频 θ
+    norm_eps: float = 1e-6          # RMSNorm 的 ε
+    dropout: float = 0.0            # 注意力 dropout 概率（Qwen2.5 为 0）
+    tie_word_embeddings: bool = True  # lm_head 与词嵌入共享权重（Qwen2.5-0.5B 为 True）
+
+    def __post_init__(self):
+        _check_positive_int(self, "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                            "intermediate_size", "vocab_size", "max_seq_len")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} 不能被 num_heads={self.num_heads} 整除")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} 不能被 num_kv_heads={self.num_kv_heads} 整除（GQA 要求）")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim}（hidden_size/num_heads）必须是偶数，RoPE 需要两两旋转")
+        _check_range(self, "rope_theta", 0, float("inf"), lo_open=True)
+        _check_range(self, "norm_eps", 0, 1, lo_open=True)
+        _check_range(self, "dropout", 0, 1, hi_open=True)
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"ModelConfig.tie_word_embeddings 必须是 bool，收到 {self.tie_word_embeddings!r}")
+
+    @property
+    def head_dim(self) -> int:
+        "每个注意力头的维度 d_h = d / h"
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict: return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig": return _from_dict(cls, d)
+
+    @classmethod
+    def from_hf_config(cls, hf_config) -> "ModelConfig":
+        "由 transformers 的 `Qwen2Config` 构造（rope_theta 兼容 4.x/5.x）；遇到本实现不支持的结构时报错"
+        act = getattr(hf_config, "hidden_act", "silu")
+        if act != "silu": raise ValueError(f"只支持 SiLU 激活（SwiGLU），收到 hidden_act={act!r}")
+        if getattr(hf_config, "use_sliding_window", False):
+            raise ValueError("不支持滑动窗口注意力（use_sliding_window=True）")
+        cfg = cls(
+            hidden_size=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
+            num_heads=hf_config.num_attention_heads,
+            num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
+            intermediate_size=hf_config.intermediate_size, vocab_size=hf_config.vocab_size,
+            max_seq_len=hf_config.max_position_embeddings, rope_theta=_hf_rope_theta(hf_config),
+            norm_eps=float(hf_config.rms_norm_eps), dropout=float(getattr(hf_config, "attention_dropout", 0.0)),
+            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)))
+        head_dim = getattr(hf_config, "head_dim", None)
+        if head_dim is not None and head_dim != cfg.head_dim:
+            raise ValueError(f"head_dim={head_dim} 与 hidden_size/num_heads={cfg.head_dim} 不一致，本实现不支持")
+        return cfg
+
+    def to_hf_config(self):
+        "把本配置转成 transformers 的 `Qwen2Config`（可直接用于 `Qwen2ForCausalLM`）"
+        from transformers import Qwen2Config
+        return Qwen2Config(
+            hidden_size=self.hidden_size, num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads, intermediate_size=self.intermediate_size,
+            vocab_size=self.vocab_size, max_position_embeddings=self.max_seq_len, rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps, attention_dropout=self.dropout, tie_word_embeddings=self.tie_word_embeddings,
+            hidden_act="silu", use_sliding_window=False,
+            **({"bos_token_id": 151643, "eos_token_id": 151643} if self.vocab_size > 151643 else {}))  # Qwen2.5 的 <|endoftext|>
+
+# %% ../nbs/00_config.ipynb #8e1a0f05
+LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl")   # 07a_losses 中推导的四种散度
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")                   # 混合精度选项
+
+@dataclass
+class TrainingConfig:
+    "蒸馏训练的全部超参数（扁平结构）；创建时自动校验"
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    num_epochs: int = 3
+    gradient_clip: float = 1.0
+    alpha: float = 0.5              # 蒸馏项权重 α：0 = 纯交叉熵（基线），1 = 纯蒸馏
+    temperature: float = 2.0        # 温度 τ（Hinton 等人的经典取法；推荐配方见下面的说明）
+    checkpoint_dir: str = "checkpoints"
+    log_interval: int = 50
+    eval_interval: int = 500
+    save_interval: int = 1000
+    # —— 以下字段让蒸馏做对、做快（在 07a–07e 中逐一解释）——
+    loss_kind: str = "forward_kl"   # 散度种类，见 LOSS_KINDS
+    jsd_beta: float = 0.5           # 广义 JSD 的 β
+    skew_lambda: float = 0.1        # skew KL 的混合系数 λ
+    seq_len: int = 512              # 每个样本的 token 数
+    grad_accum_steps: int = 1       # 梯度累积步数
+    max_steps: int = 0              # >0 时在该步数处停止（覆盖 num_epochs）
+    min_lr_ratio: float = 0.1       # 余弦退火的终点 = learning_rate × min_lr_ratio
+    precision: str = "auto"         # auto：GPU 上 bf16（不支持则 fp16），CPU 上 fp32
+    compile: bool = True            # GPU 上编译学生、教师和分块损失（前向 KL 用 Triton kernel，能用 CUDA graph 时录图）；CPU 上不编译
+    loss_chunk_size: int = 1024     # 分块蒸馏损失每块的 token 数（0 = 不分块的朴素实现；越小越省显存）
+    eval_batches: int = 0           # 每次评估最多用多少个验证 batch（0 = 全部）
+    max_bad_steps: int = 10         # 连续多少个 NaN/Inf 步之后停止训练
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_positive_int(self, "batch_size", "num_epochs", "log_interval", "eval_interval",
+                            "save_interval", "seq_len", "grad_accum_steps", "max_bad_steps")
+        for name in ("warmup_steps", "max_steps", "loss_chunk_size", "eval_batches", "seed"):
+            check_int(f"TrainingConfig.{name}", getattr(self, name), minimum=0)
+        _check_range(self, "learning_rate", 0, float("inf"), lo_open=True)
+        _check_range(self, "weight_decay", 0, float("inf"))
+        _check_range(self, "gradient_clip", 0, float("inf"), lo_open=True)
+        _check_range(self, "alpha", 0, 1)
+        _check_range(self, "temperature", 0, float("inf"), lo_open=True)
+        _check_range(self, "jsd_beta", 0, 1)
+        _check_range(self, "skew_lambda", 0, 1)
+        _check_range(self, "min_lr_ratio", 0, 1)
+        if self.loss_kind not in LOSS_KINDS:
+            raise ValueError(f"未知的 loss_kind={self.loss_kind!r}，可选：{LOSS_KINDS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"未知的 precision={self.precision!r}，可选：{PRECISIONS}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"TrainingConfig.compile 必须是 bool，收到 {self.compile!r}")
+        if isinstance(self.checkpoint_dir, os.PathLike): self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir.strip():
+            raise ValueError(f"TrainingConfig.checkpoint_dir 必须是非空的目录路径字符串，收到 {self.checkpoint_dir!r}")
+        check_warmup(self.warmup_steps, self.max_steps)     # max_steps=0 时总步数要等训练器算出来，在那里再查一次
+
+    def to_dict(self) -> dict: return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingConfig": return _from_dict(cls, d)
 
 # %% ../nbs/00_config.ipynb #270c565f
 def check_int(name: str, value, minimum: int = 1):
@@ -104,78 +239,6 @@ def _hf_rope_theta(hf_config) -> float:
     return float(theta)
 
 
-# %% ../nbs/00_config.ipynb #8187a8bc
-@dataclass
-class ModelConfig:
-    "学生模型（Qwen2.5 结构）的超参数；创建时自动校验"
-    hidden_size: int = 512          # 残差流维度 d
-    num_layers: int = 12            # Transformer 块数 L
-    num_heads: int = 8              # 查询头数 h
-    num_kv_heads: int = 2           # 键/值头数 h_kv（GQA）
-    intermediate_size: int = 2048   # SwiGLU 中间层宽度
-    vocab_size: int = 151665        # 词表大小（= len(Qwen2.5 分词器)）
-    max_seq_len: int = 512          # 训练/生成时允许的最长上下文
-    rope_theta: float = 1e6         # RoPE 基频 θ
-    norm_eps: float = 1e-6          # RMSNorm 的 ε
-    dropout: float = 0.0            # 注意力 dropout 概率（Qwen2.5 为 0）
-    tie_word_embeddings: bool = True  # lm_head 与词嵌入共享权重（Qwen2.5-0.5B 为 True）
-
-    def __post_init__(self):
-        _check_positive_int(self, "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                            "intermediate_size", "vocab_size", "max_seq_len")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} 不能被 num_heads={self.num_heads} 整除")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} 不能被 num_kv_heads={self.num_kv_heads} 整除（GQA 要求）")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim}（hidden_size/num_heads）必须是偶数，RoPE 需要两两旋转")
-        _check_range(self, "rope_theta", 0, float("inf"), lo_open=True)
-        _check_range(self, "norm_eps", 0, 1, lo_open=True)
-        _check_range(self, "dropout", 0, 1, hi_open=True)
-        if not isinstance(self.tie_word_embeddings, bool):
-            raise ValueError(f"ModelConfig.tie_word_embeddings 必须是 bool，收到 {self.tie_word_embeddings!r}")
-
-    @property
-    def head_dim(self) -> int:
-        "每个注意力头的维度 d_h = d / h"
-        return self.hidden_size // self.num_heads
-
-    def to_dict(self) -> dict: return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig": return _from_dict(cls, d)
-
-    @classmethod
-    def from_hf_config(cls, hf_config) -> "ModelConfig":
-        "由 transformers 的 `Qwen2Config` 构造（rope_theta 兼容 4.x/5.x）；遇到本实现不支持的结构时报错"
-        act = getattr(hf_config, "hidden_act", "silu")
-        if act != "silu": raise ValueError(f"只支持 SiLU 激活（SwiGLU），收到 hidden_act={act!r}")
-        if getattr(hf_config, "use_sliding_window", False):
-            raise ValueError("不支持滑动窗口注意力（use_sliding_window=True）")
-        cfg = cls(
-            hidden_size=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
-            num_heads=hf_config.num_attention_heads,
-            num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
-            intermediate_size=hf_config.intermediate_size, vocab_size=hf_config.vocab_size,
-            max_seq_len=hf_config.max_position_embeddings, rope_theta=_hf_rope_theta(hf_config),
-            norm_eps=float(hf_config.rms_norm_eps), dropout=float(getattr(hf_config, "attention_dropout", 0.0)),
-            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)))
-        head_dim = getattr(hf_config, "head_dim", None)
-        if head_dim is not None and head_dim != cfg.head_dim:
-            raise ValueError(f"head_dim={head_dim} 与 hidden_size/num_heads={cfg.head_dim} 不一致，本实现不支持")
-        return cfg
-
-    def to_hf_config(self):
-        "把本配置转成 transformers 的 `Qwen2Config`（可直接用于 `Qwen2ForCausalLM`）"
-        from transformers import Qwen2Config
-        return Qwen2Config(
-            hidden_size=self.hidden_size, num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads, intermediate_size=self.intermediate_size,
-            vocab_size=self.vocab_size, max_position_embeddings=self.max_seq_len, rope_theta=self.rope_theta,
-            rms_norm_eps=self.norm_eps, attention_dropout=self.dropout, tie_word_embeddings=self.tie_word_embeddings,
-            hidden_act="silu", use_sliding_window=False,
-            **({"bos_token_id": 151643, "eos_token_id": 151643} if self.vocab_size > 151643 else {}))  # Qwen2.5 的 <|endoftext|>
-
 # %% ../nbs/00_config.ipynb #c709e027
 def expect_error(fn, match: str, error=ValueError) -> str:
     "笔记本里的小工具：运行 fn，断言它抛出 error 且信息中含有 match，返回错误信息以便打印"
@@ -184,66 +247,3 @@ def expect_error(fn, match: str, error=ValueError) -> str:
         assert match in str(e), f"错误信息里没有 {match!r}：{e}"
         return str(e)
     raise AssertionError(f"应当抛出 {error.__name__}（含 {match!r}），但没有抛出")
-
-# %% ../nbs/00_config.ipynb #8e1a0f05
-LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl")   # 07a_losses 中推导的四种散度
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")                   # 混合精度选项
-
-@dataclass
-class TrainingConfig:
-    "蒸馏训练的全部超参数（扁平结构）；创建时自动校验"
-    batch_size: int = 8
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    num_epochs: int = 3
-    gradient_clip: float = 1.0
-    alpha: float = 0.5              # 蒸馏项权重 α：0 = 纯交叉熵（基线），1 = 纯蒸馏
-    temperature: float = 2.0        # 温度 τ（Hinton 等人的经典取法；推荐配方见下面的说明）
-    checkpoint_dir: str = "checkpoints"
-    log_interval: int = 50
-    eval_interval: int = 500
-    save_interval: int = 1000
-    # —— 以下字段让蒸馏做对、做快（在 07a–07e 中逐一解释）——
-    loss_kind: str = "forward_kl"   # 散度种类，见 LOSS_KINDS
-    jsd_beta: float = 0.5           # 广义 JSD 的 β
-    skew_lambda: float = 0.1        # skew KL 的混合系数 λ
-    seq_len: int = 512              # 每个样本的 token 数
-    grad_accum_steps: int = 1       # 梯度累积步数
-    max_steps: int = 0              # >0 时在该步数处停止（覆盖 num_epochs）
-    min_lr_ratio: float = 0.1       # 余弦退火的终点 = learning_rate × min_lr_ratio
-    precision: str = "auto"         # auto：GPU 上 bf16（不支持则 fp16），CPU 上 fp32
-    compile: bool = True            # GPU 上编译学生、教师和分块损失（前向 KL 用 Triton kernel，能用 CUDA graph 时录图）；CPU 上不编译
-    loss_chunk_size: int = 1024     # 分块蒸馏损失每块的 token 数（0 = 不分块的朴素实现；越小越省显存）
-    eval_batches: int = 0           # 每次评估最多用多少个验证 batch（0 = 全部）
-    max_bad_steps: int = 10         # 连续多少个 NaN/Inf 步之后停止训练
-    seed: int = 0
-
-    def __post_init__(self):
-        _check_positive_int(self, "batch_size", "num_epochs", "log_interval", "eval_interval",
-                            "save_interval", "seq_len", "grad_accum_steps", "max_bad_steps")
-        for name in ("warmup_steps", "max_steps", "loss_chunk_size", "eval_batches", "seed"):
-            check_int(f"TrainingConfig.{name}", getattr(self, name), minimum=0)
-        _check_range(self, "learning_rate", 0, float("inf"), lo_open=True)
-        _check_range(self, "weight_decay", 0, float("inf"))
-        _check_range(self, "gradient_clip", 0, float("inf"), lo_open=True)
-        _check_range(self, "alpha", 0, 1)
-        _check_range(self, "temperature", 0, float("inf"), lo_open=True)
-        _check_range(self, "jsd_beta", 0, 1)
-        _check_range(self, "skew_lambda", 0, 1)
-        _check_range(self, "min_lr_ratio", 0, 1)
-        if self.loss_kind not in LOSS_KINDS:
-            raise ValueError(f"未知的 loss_kind={self.loss_kind!r}，可选：{LOSS_KINDS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"未知的 precision={self.precision!r}，可选：{PRECISIONS}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"TrainingConfig.compile 必须是 bool，收到 {self.compile!r}")
-        if isinstance(self.checkpoint_dir, os.PathLike): self.checkpoint_dir = os.fspath(self.checkpoint_dir)
-        if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir.strip():
-            raise ValueError(f"TrainingConfig.checkpoint_dir 必须是非空的目录路径字符串，收到 {self.checkpoint_dir!r}")
-        check_warmup(self.warmup_steps, self.max_steps)     # max_steps=0 时总步数要等训练器算出来，在那里再查一次
-
-    def to_dict(self) -> dict: return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainingConfig": return _from_dict(cls, d)

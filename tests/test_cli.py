@@ -164,7 +164,7 @@ def test_torchrun_two_gloo_processes(tmp_path, full_vocab_teacher):
 
 def test_compact_vocab_round_trip():
     import numpy as np
-    from distill_edu.data import load_tokenizer
+    from distill_edu.tokenizer import load_tokenizer
     tok = load_tokenizer(offline=True)
     ids = tok.encode("中国人民今天很高兴。")
     stream = np.array(ids * 3 + [7, 7, 9], dtype=np.uint32)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distill_edu.config import ModelConfig, TrainingConfig
-from distill_edu.data import load_tokenizer
+from distill_edu.tokenizer import load_tokenizer
 from distill_edu.generate import (STRATEGIES, KVCache, StaticDecoder, StaticKVCache, TextGenerator, apply_temperature,
                                   check_sampling_args, decode_steps, left_pad, load_trained_model, sample_next_token,
                                   static_decode_step, top_k_filter, top_p_filter)

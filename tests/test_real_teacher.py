@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill_edu.data import QWEN_TOKENIZER_SIZE, QWEN_EMBEDDING_ROWS, load_tokenizer
+from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE, QWEN_EMBEDDING_ROWS, load_tokenizer
 from distill_edu.teacher import load_teacher_model
 from distill_edu.generate import load_trained_model
 from distill_edu.model import from_hf_qwen2, gguf_to_hf_dir, load_hf_qwen2, read_gguf_metadata
