@@ -22,7 +22,7 @@ def table(rows, cols):
 
 
 def provenance(res):
-    return f"卡：{res['device']}；日期：{res['date']}；命令：`{res.get('command', '')}`\n\n"
+    return f"卡：{res.get('device_name', res['device'])}；日期：{res['date']}；命令：`{res.get('command', '')}`\n\n"
 
 
 def kd_step_targets(r) -> str:
@@ -99,18 +99,22 @@ def sparse_section(r) -> str:
     rows, b = r["rows"], r["cache_build"]
     sp = next(x for x in rows if x["variant"] == "sparse_kd")
     ce = next(x for x in rows if x["variant"] == "ce")
+    on = next(x for x in rows if x["variant"] == "online_kd")
     return (provenance(r) + "同一次运行、同一份真实数据（《人民日报》训练集）、默认 123M 学生；sparse_kd 从教师缓存读 top-64 + 尾部桶，"
             "online_kd 每步跑 0.5B 教师。\n\n" + table(rows, ["variant", "tokens_per_sec", "step_ms", "time_vs_ce", "peak_mem_gib"])
             + f"\n建缓存：{b['rows']:,} 个位置 × k={b['k']}，{b['mib']} MiB，{b['tokens_per_sec']:,} tokens/s，"
               f"是在线蒸馏一步吞吐的 {b['vs_online_kd_step']}×。"
-            f"\n缓存要值得用，稀疏的一步应接近 CE 的价钱：现在是 CE 的 {sp['time_vs_ce']}×，峰值显存多 "
-            f"{sp['peak_mem_gib'] - ce['peak_mem_gib']:.1f} GiB；建缓存的吞吐只有在线蒸馏一步的 {b['vs_online_kd_step']}×，"
-            "建一次缓存比在线蒸馏多跑一个 epoch 还慢。"
-            "\n这组数字测的是稀疏损失的 torch.compile 版逐块实现：它每块在整个词表上做好几遍逐元素运算（log-softmax、"
-            "尾部的 logsumexp、目标的 scatter），而 CE 用的是一遍读完的 Triton 在线 softmax kernel。07c 5.6 节的 Triton kernel "
-            "把 k 个缓存值的读取并进同一遍，读写量与 CE 相同，只多读 k 个数；它已在 Triton 解释器里与 PyTorch 版逐项核对，"
-            "GPU 上的速度还没有测（重新运行本节的命令即可）。建缓存的循环逐批同步（教师前向、topk、"
-            "拷回 CPU、写 memmap 依次进行），拷回与写盘可以和下一批的计算重叠。\n")
+            f"\n缓存要值得用，稀疏的一步应接近 CE 的价钱：现在是 CE 的 {sp['time_vs_ce']}×，"
+            f"比在线蒸馏的一步（{on['time_vs_ce']}×）还慢；峰值显存比 CE 多 {sp['peak_mem_gib'] - ce['peak_mem_gib']:.1f} GiB，比在线蒸馏少 "
+            f"{on['peak_mem_gib'] - sp['peak_mem_gib']:.1f} GiB。"
+            "稀疏损失用 07c 5.6 节的 Triton kernel（与 CE 一样一遍读完一块 logits，只多读 k 个缓存值），"
+            "所以多出来的时间不在损失的读写量上；这一步还没有逐部分剖析（`bench/profile_step.py` 的做法），"
+            "可疑的是每步从 memmap 随机读出 (B·T, k) 的 id 与 log p、转成 int64 再拷上 GPU 的那段数据路径。"
+            f"\n建缓存（教师前向编译过、结果异步拷回、每 32 批才落盘一次；第一批含编译，不计入）的吞吐是在线蒸馏一步的 "
+            f"{b['vs_online_kd_step']}×，即建一次缓存比在线蒸馏多跑一个 epoch 还慢。它的上限由教师本身决定：在线蒸馏一步里教师前向约占 "
+            f"{on['step_ms'] - ce['step_ms']:.1f} ms（在线蒸馏与 CE 一步之差），只跑教师前向的上限约是在线一步吞吐的 "
+            f"{on['step_ms'] / max(on['step_ms'] - ce['step_ms'], 1e-9):.1f}×；"
+            "建缓存每批还要在整个词表上做 topk 和 logsumexp，实测离这个上限还远，同样还没有逐部分剖析。\n")
 
 
 def ddp_remarks(r) -> str:
@@ -138,13 +142,13 @@ def teacher_section(r) -> str:
 
 
 def generate_targets(r) -> str:
-    "静态缓存 + CUDA graph 的目标：每个 batch 最快的 ours_cuda_graph* 与目标、与同一次运行里最快的 HF 配置相比"
-    parts = [f"batch {B}：{t['ours_best']} tok/s（目标 ≥ {t['target_tokens_per_s']:.0f}，{'达到' if t['meets_target'] else '未达到'}；"
-             f"同一次运行里最快的 HF 配置 {t['hf_best']} tok/s，{'领先' if t['beats_hf'] else '落后'}）"
-             for B, t in r["targets"].items()]
+    "静态缓存 + CUDA graph：每个 batch 最快的 ours_cuda_graph*，与同一次运行里最快的 HF 配置相比"
+    parts = [f"batch {B}：{t['ours_best']} tok/s，是同一次运行里最快的 HF 配置（{t['hf_best']} tok/s）的 "
+             f"{t['ours_best'] / t['hf_best']:.1f}×" for B, t in r["targets"].items()]
     checked = "；计时前 `--check` 已核对 CUDA graph 的贪心 = 不录图 = HF、批量 = 一条一条" if r.get("checked") else ""
-    return (f"\n{r['device_name']}（{provenance(r).strip()}）上静态缓存 + CUDA graph 的最快一种：" + "；".join(parts)
-            + checked + "。\n")
+    hf = sorted({row["method"] for row in r["rows"] if row["method"].startswith("hf_")})
+    return (f"\n静态缓存 + CUDA graph 的最快一种（{provenance(r).strip()}）：" + "；".join(parts)
+            + checked + f"。这次运行测到的 HF 配置：{'、'.join(hf)}。\n")
 
 
 def sections():
