@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'atomic_save', 'read_checkpoint', 'DataCursor']
+__all__ = ['CHECKPOINT_KEYS', 'atomic_save', 'read_checkpoint', 'DataCursor', 'check_tokenizer_vocab', 'export_hf']
 
 # %% ../nbs/07e_checkpoint.ipynb #6b3aff68
 def _get_rng_state() -> dict:
@@ -127,3 +127,36 @@ def _shard_loader(loader, seed: int, train: bool):
     sampler = DistributedSampler(loader.dataset, shuffle=train and isinstance(loader.sampler, RandomSampler), seed=seed)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last)
+
+# %% ../nbs/07e_checkpoint.ipynb #99a144cb
+def check_tokenizer_vocab(tokenizer, vocab_size: int, where: str, allow_larger: bool = False):
+    """分词器（len(tokenizer) = n 个 token）必须配得上有 vocab_size = V 行的模型：n ≥ V − max(64, V // 100)
+    （只允许末尾少量填充行），且 n ≤ V（allow_larger=True 时不查这一条，越界的编号留给编码时点名）。
+    不满足时抛出以 where 开头的 ValueError"""
+    n, slack = len(tokenizer), max(64, vocab_size // 100)
+    if n < vocab_size - slack:
+        raise ValueError(f"{where} 只有 {n} 个 token，配不上有 {vocab_size} 行词表的模型（最多允许 {slack} 行填充）："
+                         f"多半是目录里没有分词器文件、AutoTokenizer 悄悄造了一个空分词器；请用 export_hf 连分词器一起导出")
+    if n > vocab_size and not allow_larger:
+        raise ValueError(f"{where} 有 {n} 个 token，比模型的 {vocab_size} 行词表还多：编码出的编号会超出嵌入层")
+
+def export_hf(student, tokenizer, out_dir) -> str:
+    """把 StudentModel 导出为 Hugging Face 目录 out_dir：权重 + config.json（to_hf_qwen2）、分词器（tokenizer.save_pretrained）、
+    generation_config.json（eos_token_id / pad_token_id）。之后 AutoModelForCausalLM / AutoTokenizer.from_pretrained(out_dir)
+    就能读回，logits 与 student 相同。分词器与模型词表对不上、out_dir 不可写 → ValueError；返回 out_dir（str）"""
+    from transformers import GenerationConfig
+    from distill_edu.config import check_output_dir
+    from distill_edu.model import to_hf_qwen2
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(f"tokenizer 必须是 Hugging Face 分词器（有 save_pretrained），收到 {type(tokenizer).__name__}")
+    check_tokenizer_vocab(tokenizer, student.config.vocab_size, f"分词器 {getattr(tokenizer, 'name_or_path', '')!r}")
+    out_dir = check_output_dir("out_dir", out_dir)
+    vocab = tokenizer.get_vocab()
+    eos = sorted({vocab[t] for t in ("<|endoftext|>", "<|im_end|>") if t in vocab} |
+                 ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
+    hf = to_hf_qwen2(student)
+    hf.generation_config = GenerationConfig(eos_token_id=eos[0] if len(eos) == 1 else eos or None, pad_token_id=pad)
+    hf.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -3,26 +3,20 @@
 # %% ../nbs/08b_cli.ipynb #ef7b0f13
 from __future__ import annotations
 import argparse, contextlib, dataclasses, json, os, sys, tempfile, time
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
 from .config import ModelConfig, TrainingConfig, check_device, check_int, check_number, check_output_dir
-from .model import StudentModel, to_hf_qwen2
-from .data import WikiDataset, create_dataloaders
-from .tokenizer import QWEN25_TOKENIZER, hub_reachable, load_tokenizer
-from .generate import TextGenerator
-from .teacher import check_vocab, load_teacher_model
-from .trainer import DistillationTrainer, TrainingDiverged
 
 # %% auto #0
-__all__ = ['RUN_OPTIONS', 'DEMO_OPTIONS', 'read_config_file', 'resolve_train_config', 'build_parser', 'setup_distributed',
-           'rank_zero_first', 'run_train', 'CompactVocab', 'RemappedDataset', 'CompactTokenizer', 'run_demo', 'main']
+__all__ = ['RUN_OPTIONS', 'DEMO_OPTIONS', 'DEMO_PROMPTS', 'read_config_file', 'resolve_train_config', 'build_parser',
+           'setup_distributed', 'rank_zero_first', 'run_train', 'CompactVocab', 'RemappedDataset', 'CompactTokenizer',
+           'load_demo_model', 'demo_continue', 'run_demo', 'main']
 
 # %% ../nbs/08b_cli.ipynb #fc0006e3
+_QWEN25 = "Qwen/Qwen2.5-0.5B"   # 与 06a_tokenizer 的 QWEN25_TOKENIZER 相同；写在这里，--help 就不必为一个默认值导入 torch
+
 RUN_OPTIONS = {   # 名字: (默认值, 类型, 说明)——TrainingConfig 之外、train 命令需要的选项
-    "teacher": (QWEN25_TOKENIZER, str, "教师模型：Hugging Face hub 名字或本地目录"),
+    "teacher": (_QWEN25, str, "教师模型：Hugging Face hub 名字或本地目录"),
     "teacher_dtype": ("auto", str, "教师精度：auto / bf16 / fp16 / fp32"),
-    "tokenizer": (QWEN25_TOKENIZER, str, "分词器：hub 名字或本地目录（必须与教师同一套）"),
+    "tokenizer": (_QWEN25, str, "分词器：hub 名字或本地目录（必须与教师同一套）"),
     "offline_tokenizer": (False, bool, "不访问 hub，离线重建 Qwen2.5 分词器"),
     "source": ("wikipedia", str, "语料：wikipedia / peoples_daily / modelscope:<id> / 文件、目录或通配符"),
     "max_samples": (None, int, "最多读多少篇文档"),
@@ -36,17 +30,20 @@ RUN_OPTIONS = {   # 名字: (默认值, 类型, 说明)——TrainingConfig 之�
 DEMO_OPTIONS = [   # (名字, 默认值, 说明)
     ("out", None, "输出目录（教师、检查点）；默认新建一个临时目录"),
     ("device", "cpu", "设备"),
-    ("max_bytes", 1_000_000, "读入多少字节的《人民日报》语料"),
-    ("vocab", 8192, "压缩后的词表大小（含 1 个 UNK）"),
+    ("max_bytes", 400_000, "读入多少字节的《人民日报》语料"),
+    ("vocab", 4096, "压缩后的词表大小（含 1 个 UNK）"),
     ("seq_len", 64, "样本长度"),
-    ("batch_size", 8, "batch 大小"),
+    ("batch_size", 16, "batch 大小"),
     ("teacher_steps", 600, "教师训练步数"),
-    ("student_steps", 400, "每个学生的训练步数"),
+    ("student_steps", 300, "每个学生的训练步数"),
     ("lr", 1e-2, "峰值学习率"),
     ("student_fraction", 0.25, "学生能看到的训练数据比例"),
     ("alpha", 0.5, "蒸馏学生的 α"),
     ("temperature", 2.0, "蒸馏温度 T"),
     ("new_tokens", 24, "每条生成的新 token 数"),
+    ("top_k", 8, "生成：只在概率最大的 k 个 token 里采样"),
+    ("sample_temperature", 0.8, "生成：采样温度"),
+    ("repetition_penalty", 2.0, "生成：已出现过的 token 的 logit 除以它（负的乘以它），≥ 1"),
     ("seed", 0, "随机种子"),
 ]
 
@@ -114,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/08b_cli.ipynb #d15b43a5
 def setup_distributed(device: str | None = None) -> tuple[int, int, torch.device]:
     "按 torchrun 的环境变量初始化进程组；返回 (rank, world_size, 本进程的设备)。单进程时不初始化"
+    import torch
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if world == 1: return 0, 1, torch.device(device)
@@ -149,6 +147,7 @@ def _check_train_paths(config: TrainingConfig, opt: dict, resume: str | None) ->
 def _check_teacher(teacher: str):
     "分词之前确认教师拿得到：本地目录或 .gguf 文件存在，或者是 Hub 名字、且本地有缓存或 Hub 连得上"
     from huggingface_hub import try_to_load_from_cache
+    from distill_edu.tokenizer import hub_reachable
     if os.path.exists(os.path.expanduser(teacher)): return
     try: cached = isinstance(try_to_load_from_cache(teacher, "config.json"), str)
     except ValueError:                                  # 不是合法的 Hub 名字（例如写错的本地路径）
@@ -161,6 +160,13 @@ def _check_teacher(teacher: str):
 
 def run_train(args) -> dict:
     "train 子命令：加载分词器、语料、教师和学生，训练（可续训），返回 history"
+    import torch                                        # 重的库到真正要训练时才导入：--help 和参数错误秒回
+    from distill_edu.checkpoint import export_hf
+    from distill_edu.data import create_dataloaders
+    from distill_edu.tokenizer import load_tokenizer
+    from distill_edu.model import StudentModel
+    from distill_edu.teacher import check_vocab, load_teacher_model
+    from distill_edu.trainer import DistillationTrainer
     config, model_config, opt = resolve_train_config(args)
     resume = _check_train_paths(config, opt, args.resume)   # 分词、加载教师之前：这些错误不必等几分钟才出现
     if opt["device"] is not None: check_device(opt["device"])
@@ -193,7 +199,7 @@ def run_train(args) -> dict:
             with open(os.path.join(config.checkpoint_dir, "history.json"), "w") as f: json.dump(history, f)
             if history["val_loss"]: print(f"最终验证：loss {history['val_loss'][-1]:.4f}，困惑度 {history['val_ppl'][-1]:.2f}")
             if opt["export_hf"]:
-                to_hf_qwen2(student).save_pretrained(opt["export_hf"]); tokenizer.save_pretrained(opt["export_hf"])
+                export_hf(student, tokenizer, opt["export_hf"])    # 权重 + 分词器 + 生成配置（07e）
                 print(f"学生已导出为 Hugging Face 目录 {opt['export_hf']}")
         return history
     finally:
@@ -202,16 +208,46 @@ def run_train(args) -> dict:
 
 # %% ../nbs/08b_cli.ipynb #d6b2fb6a
 class CompactVocab:
-    "把完整词表压缩成训练语料里最常见的 size-1 个 token + 1 个 UNK（最后一个 id）"
-    def __init__(self, token_stream: np.ndarray, full_size: int, size: int):
+    """把完整词表压缩成训练语料里最常见的 size-1 个 token + 1 个 UNK（最后一个 id）。
+    `save(目录)` 把映射写成目录里的 compact_vocab.json，`CompactVocab.load(目录或文件)` 读回"""
+    FILE = "compact_vocab.json"
+
+    def __init__(self, token_stream, full_size: int, size: int):
+        import numpy as np
         if not 2 <= size <= full_size: raise ValueError(f"vocab 必须在 [2, {full_size}] 内，收到 {size}")
         counts = np.bincount(np.asarray(token_stream, dtype=np.int64), minlength=full_size)
         keep = np.argsort(-counts, kind="stable")[:size - 1]
-        self.size, self.unk = size, size - 1
-        self.to_full = torch.from_numpy(keep.astype(np.int64))                  # 压缩 id → 原 id
+        self._build(keep.tolist(), full_size, float(counts[keep].sum() / max(1, counts.sum())))
+
+    def _build(self, keep: list[int], full_size: int, coverage: float):
+        import torch
+        self.size, self.unk, self.full_size, self.coverage = len(keep) + 1, len(keep), full_size, coverage
+        self.to_full = torch.tensor(keep, dtype=torch.long)                     # 压缩 id → 原 id
         self.to_compact = torch.full((full_size,), self.unk, dtype=torch.long)  # 原 id → 压缩 id（其余 → UNK）
-        self.to_compact[self.to_full] = torch.arange(size - 1)
-        self.coverage = float(counts[keep].sum() / max(1, counts.sum()))
+        self.to_compact[self.to_full] = torch.arange(len(keep))
+
+    def save(self, directory: str) -> str:
+        "把映射写进 directory/compact_vocab.json（与检查点放在一起），返回文件路径"
+        path = os.path.join(check_output_dir("compact vocab 目录", directory), self.FILE)
+        with open(path, "w") as f:
+            json.dump({"format": "distill_edu/compact_vocab/1", "tokenizer": _QWEN25, "full_size": self.full_size,
+                       "coverage": self.coverage, "to_full": self.to_full.tolist()}, f)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "CompactVocab":
+        "读 save 写出的文件（或含它的目录）；缺失 → FileNotFoundError，内容不对 → ValueError，都点名文件"
+        if os.path.isdir(path): path = os.path.join(path, cls.FILE)
+        if not os.path.isfile(path): raise FileNotFoundError(f"找不到压缩词表 {path!r}（demo 把它写在检查点旁边）")
+        try:
+            data = json.load(open(path))
+            assert data["format"] == "distill_edu/compact_vocab/1" and data["tokenizer"] == _QWEN25
+            keep, full = [int(i) for i in data["to_full"]], int(data["full_size"])
+            assert keep and len(set(keep)) == len(keep) and all(0 <= i < full for i in keep)
+        except Exception as e: raise ValueError(f"{path!r} 不是 distill_edu 的压缩词表（{type(e).__name__}: {e}）") from e
+        vocab = cls.__new__(cls)
+        vocab._build(keep, full, float(data["coverage"]))
+        return vocab
 
     def decode(self, tokenizer, ids) -> str:
         "压缩 id 序列 → 文本：连续的已知 token 一起解码（中文字符可能跨 token），UNK 显示为 □"
@@ -223,8 +259,8 @@ class CompactVocab:
             else: run.append(int(i))
         return "".join(text)
 
-class RemappedDataset(Dataset):
-    "把数据集样本里的 token id 换成压缩词表的 id"
+class RemappedDataset:
+    "把数据集样本里的 token id 换成压缩词表的 id（DataLoader 只要求 __len__ 和 __getitem__）"
     def __init__(self, dataset, vocab: CompactVocab): self.dataset, self.vocab = dataset, vocab
     def __len__(self): return len(self.dataset)
     def __getitem__(self, i): return {k: self.vocab.to_compact[v] for k, v in self.dataset[i].items()}
@@ -239,13 +275,28 @@ class CompactTokenizer:
     def __len__(self): return self.vocab.size - 1
     def get_vocab(self) -> dict: return {}
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        import torch
         return self.vocab.to_compact[torch.tensor(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))].tolist()
     def decode(self, ids, **kwargs) -> str: return self.vocab.decode(self.tokenizer, ids)
 
+def load_demo_model(path: str, device="cpu"):
+    """读回 demo 训练的模型：path 是检查点（如 student_kd/latest.pt）或它所在的目录，旁边的 compact_vocab.json
+    给出压缩 id → Qwen2.5 id 的映射。返回 (StudentModel, CompactTokenizer)，可以直接交给 `TextGenerator`"""
+    from distill_edu.tokenizer import load_tokenizer
+    from distill_edu.generate import load_trained_model
+    folder, ckpt = (path, os.path.join(path, "latest.pt")) if os.path.isdir(path) else (os.path.dirname(path) or ".", path)
+    vocab = CompactVocab.load(folder)
+    model = load_trained_model(ckpt, device)
+    if model.config.vocab_size != vocab.size:
+        raise ValueError(f"{ckpt!r} 的模型有 {model.config.vocab_size} 行词表，旁边的压缩词表却有 {vocab.size} 个 id")
+    return model, CompactTokenizer(load_tokenizer(_QWEN25, offline=True), vocab)
 
 # %% ../nbs/08b_cli.ipynb #b46c082c
 def _demo_trainer(model, teacher, train_ds, val_ds, args, steps: int, alpha: float, lr: float, ckpt_dir: str):
     "demo 用的小训练器：每次训练都用同一个数据顺序（generator 固定为 seed）和同样的学习率表"
+    import torch
+    from torch.utils.data import DataLoader
+    from distill_edu.trainer import DistillationTrainer
     config = TrainingConfig(batch_size=args.batch_size, learning_rate=lr, warmup_steps=max(1, steps // 10),
                             max_steps=steps, alpha=alpha, temperature=args.temperature, checkpoint_dir=ckpt_dir,
                             log_interval=max(1, steps // 4), eval_interval=max(1, steps // 2), save_interval=10**9,
@@ -266,17 +317,48 @@ def _check_demo_args(args):
     check_number("--student-fraction", args.student_fraction, 0, 1, lo_open=True)
     check_number("--alpha", args.alpha, 0, 1)
     check_number("--temperature", args.temperature, 0, lo_open=True)
+    check_int("--top-k", args.top_k)
+    check_number("--sample-temperature", args.sample_temperature, 0, lo_open=True)
+    check_number("--repetition-penalty", args.repetition_penalty, 1)
     check_device(args.device)
     if args.out is not None: check_output_dir("--out", args.out)
+
+DEMO_PROMPTS = ("我国", "经济", "人民")   # 《人民日报》里常见的段落开头
+
+def demo_continue(model, compact, prompt: str, new_tokens: int, top_k: int = 8, temperature: float = 0.8,
+                  repetition_penalty: float = 2.0, seed: int = 0) -> str:
+    """demo 的续写：每步对整条序列做一次前向（序列很短，不用 KV 缓存），不生成 UNK 和 EOS（语料里 EOS 只是换段，
+    禁掉它续写才不会一两个字就停），已出现过的 token 受重复惩罚（正 logit 除以 repetition_penalty、负的乘以它），
+    再用 08_generate 的 top-k 采样。返回续写的文本"""
+    import torch
+    from distill_edu.generate import sample_next_token
+    generator, ids = torch.Generator().manual_seed(seed), compact.encode(prompt)
+    start = len(ids)
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            logits = model(torch.tensor([ids[-model.config.max_seq_len:]]))[0, -1].float()
+            logits[compact.vocab.unk:] = float("-inf")                            # UNK 和填充行
+            if compact.eos_token_id is not None: logits[compact.eos_token_id] = float("-inf")
+            seen = torch.tensor(sorted(set(ids)))
+            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty, logits[seen] * repetition_penalty)
+            token = int(sample_next_token(logits[None], "top_k", temperature, top_k, generator=generator))
+            ids.append(token)
+    return compact.decode(ids[start:])
 
 def run_demo(args) -> dict:
     "demo 子命令：训练小教师 → 导出/读回 → 蒸馏学生与 CE 基线 → 打印验证困惑度和生成文本；返回结果字典"
     _check_demo_args(args)
+    import torch
+    from torch.utils.data import Subset
     from transformers.utils import logging as hf_logging
+    from distill_edu.data import WikiDataset
+    from distill_edu.tokenizer import load_tokenizer
+    from distill_edu.model import StudentModel, to_hf_qwen2
+    from distill_edu.teacher import load_teacher_model
     hf_logging.disable_progress_bar()                   # 小模型的保存/加载进度条只会刷屏
     t_start = time.time()
     out = args.out or tempfile.mkdtemp(prefix="distill_edu_demo_")
-    tokenizer = load_tokenizer(QWEN25_TOKENIZER, offline=True)
+    tokenizer = load_tokenizer(_QWEN25, offline=True)
     ds_kw = dict(seq_len=args.seq_len, source="peoples_daily", max_bytes=args.max_bytes, verbose=False)
     train_full, val_full = WikiDataset(tokenizer, "train", **ds_kw), WikiDataset(tokenizer, "validation", **ds_kw)
     vocab = CompactVocab(train_full.tokens, len(tokenizer), args.vocab)
@@ -292,6 +374,7 @@ def run_demo(args) -> dict:
     teacher_model = StudentModel(config(128, 4))
     t_hist = _demo_trainer(teacher_model, None, train_ds, val_ds, args, args.teacher_steps, 0.0, args.lr,
                            os.path.join(out, "teacher_ckpt")).train()
+    vocab.save(os.path.join(out, "teacher_ckpt"))      # 检查点旁边存压缩词表：load_demo_model 靠它把 id 换回 Qwen2.5 的
     hf = to_hf_qwen2(teacher_model)
     hf.resize_token_embeddings(vocab.size + 64, mean_resizing=False)
     teacher_dir = os.path.join(out, "teacher")
@@ -305,23 +388,30 @@ def run_demo(args) -> dict:
         student = StudentModel(config(64, 2))
         hist = _demo_trainer(student, teacher if alpha else None, student_ds, val_ds, args, args.student_steps, alpha,
                              args.lr, os.path.join(out, f"student_{name}")).train()
+        vocab.save(os.path.join(out, f"student_{name}"))
         results[name] = (student, hist)
     ppl = {k: h["val_ppl"][-1] for k, (_, h) in results.items()}
     print(f"\n验证困惑度（压缩词表）：教师 {ppl['teacher']:.2f} | 蒸馏学生 {ppl['kd']:.2f} | 交叉熵基线 {ppl['ce']:.2f}")
-    print("贪心生成（08_generate 的 TextGenerator，带 KV 缓存；不生成 UNK）：")
+    gain = 100 * (1 - ppl["kd"] / ppl["ce"])
+    n = results["kd"][0].count_parameters() / 1e6
+    print(("蒸馏学生的困惑度比基线低 " if gain > 0 else "这一次蒸馏学生没有赢过基线：困惑度高 ") + f"{abs(gain):.0f}%。"
+          f"两个学生都只有 {n:.2f}M 参数、只见过 {len(student_ds) * args.seq_len // 1000}k 个 token，"
+          f"这是几分钟的小实验：差距只说明“数据很少时教师的软标签有用”，不代表真实规模的效果")
+    print(f"续写（top-k={args.top_k} 采样，温度 {args.sample_temperature}，重复惩罚 {args.repetition_penalty}；不生成 UNK）：")
     compact = CompactTokenizer(tokenizer, vocab)
-    for prompt in ("中国", "今天", "人民"):
+    for prompt in DEMO_PROMPTS:
         for name in ("kd", "ce"):
-            gen = TextGenerator(results[name][0], compact)
-            ids = gen.generate_ids(prompt, args.new_tokens)[0]
-            print(f"  [{name}] {prompt}|{gen.decode(ids[len(gen.encode(prompt)):])}")
-    print(f"\n用时 {time.time() - t_start:.0f} 秒；教师与检查点在 {out}")
+            text = demo_continue(results[name][0], compact, prompt, args.new_tokens, args.top_k, args.sample_temperature,
+                                 args.repetition_penalty, args.seed)
+            print(f"  [{name}] {prompt}|{text}")
+    print(f"\n用时 {time.time() - t_start:.0f} 秒；教师与检查点在 {out}（load_demo_model 可读回任一个学生）")
     return {"val_ppl": ppl, "out": out, "vocab_coverage": vocab.coverage}
 
 # %% ../nbs/08b_cli.ipynb #99a66150
 def main(argv: list[str] | None = None) -> int:
     "distill-edu 的入口：解析参数并运行子命令；配置错误打印一行清楚的信息并返回 2"
     args = build_parser().parse_args(argv)
+    from distill_edu.trainer import TrainingDiverged    # 解析完参数才导入 torch：--help 不必等它
     try:
         if args.command == "train": run_train(args)
         else: run_demo(args)

@@ -12,10 +12,10 @@ from .config import ModelConfig, check_device, check_int, check_number, check_to
 from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'EOS_TOKENS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'check_sampling_args', 'apply_temperature',
-           'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache', 'StaticKVCache', 'static_decode_step',
-           'eos_token_ids', 'left_pad', 'limit_vocab', 'last_token_logits', 'decode_steps', 'StaticDecoder',
-           'TextGenerator', 'load_trained_model']
+__all__ = ['STRATEGIES', 'EOS_TOKENS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'TOKENIZER_FILES', 'check_sampling_args',
+           'apply_temperature', 'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache', 'StaticKVCache',
+           'static_decode_step', 'eos_token_ids', 'left_pad', 'limit_vocab', 'last_token_logits', 'decode_steps',
+           'StaticDecoder', 'TextGenerator', 'load_trained_model']
 
 # %% ../nbs/08_generate.ipynb #d1c7c3b2
 STRATEGIES = ("greedy", "top_k", "top_p")
@@ -294,6 +294,9 @@ class TextGenerator:
         self.device = check_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        from distill_edu.checkpoint import check_tokenizer_vocab      # 07e：分词器必须配得上模型的词表
+        check_tokenizer_vocab(tokenizer, model.config.vocab_size, f"分词器 {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r}",
+                              allow_larger=True)                # 分词器更大时，越界的编号在 encode 里点名
         self.eos_ids = eos_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.text_vocab_size = len(tokenizer)                       # 超出它的编号（教师的填充行）不能被采样
@@ -409,6 +412,19 @@ def _load_hf_student(path: Path):
     "Hugging Face 目录或 .gguf 文件 → float32 的 StudentModel（加载与检查见 05_model 的 `load_hf_qwen2`）"
     return from_hf_qwen2(load_hf_qwen2(path, torch.float32))
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+def _check_folder_tokenizer(path: Path, vocab_size: int):
+    "Hugging Face 目录必须带着配得上模型词表的分词器；否则 AutoTokenizer 会悄悄给出一个 1 个 token 的分词器"
+    from transformers import AutoTokenizer
+    from distill_edu.checkpoint import check_tokenizer_vocab
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} 里只有模型、没有分词器（{' / '.join(TOKENIZER_FILES)}）："
+                                f"请用 07e 的 export_hf(student, tokenizer, 目录) 导出，它连分词器和生成配置一起写")
+    try: tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e: raise ValueError(f"{path} 里的分词器读不出来（{type(e).__name__}: {e}）") from e
+    check_tokenizer_vocab(tok, vocab_size, f"{path} 里的分词器")
+
 def _read_checkpoint(path: Path) -> dict:
     try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -422,6 +438,7 @@ def _read_checkpoint(path: Path) -> dict:
 
 def load_trained_model(checkpoint_path, device="cpu"):
     """读取 07d_trainer 的检查点文件（或 Hugging Face 格式的目录、`.gguf` 文件），返回处于 eval 模式、位于 device 上的 StudentModel。
+    Hugging Face 目录必须带着与模型词表相配的分词器（07e 的 export_hf 写出的目录就是这样），否则点名该目录报错。
     结构取自检查点里的 model_config；权重为 float32（检查点里是什么 dtype 就按模型参数的 dtype 复制进来）。"""
     path, device = Path(checkpoint_path), check_device(device)
     if not path.exists(): raise FileNotFoundError(f"找不到检查点：{path}")
@@ -429,7 +446,9 @@ def load_trained_model(checkpoint_path, device="cpu"):
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} 是目录，但其中没有 config.json（不是 Hugging Face 格式的模型目录）")
-        return _load_hf_student(path).to(device).eval()
+        model = _load_hf_student(path)
+        _check_folder_tokenizer(path, model.config.vocab_size)
+        return model.to(device).eval()
     ckpt = _read_checkpoint(path)
     try: config = ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError) as e: raise ValueError(f"检查点 {path} 的 model_config 无效：{e}") from e

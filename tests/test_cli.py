@@ -3,7 +3,7 @@ import json, os, subprocess, sys
 import pytest
 import torch
 
-from distill_edu.cli import build_parser, main, resolve_train_config, run_demo, CompactVocab
+from distill_edu.cli import build_parser, main, resolve_train_config, run_demo, CompactVocab, demo_continue, load_demo_model
 
 TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64,
                     vocab_size=151665, max_seq_len=32)
@@ -91,13 +91,32 @@ def test_ordinary_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch, a
     "普通的用法错误：退出码 2、stderr 只有一行、点名出错的值或文件；都在分词、加载教师之前发现（这里假装连不上 Hub）"
     import re, huggingface_hub
     from huggingface_hub.utils import validate_repo_id
-    monkeypatch.setattr("distill_edu.cli.hub_reachable", lambda: False)
+    monkeypatch.setattr("distill_edu.tokenizer.hub_reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, *a, **k: validate_repo_id(repo))  # 缓存里没有
     _files(tmp_path)
     assert main([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("distill-edu: 错误："), err
     assert re.search(match, err), err
+
+
+def test_help_does_not_import_torch_or_transformers():
+    "distill-edu --help 只要 argparse：导入 cli、打印帮助都不碰 torch / transformers（它们要好几秒）"
+    code = ("import sys\nfrom distill_edu.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['demo', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit as e: assert e.code == 0, e.code\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-300:]
+    assert "--teacher-steps" in res.stdout and "--export-hf" in res.stdout
+
+
+def test_default_teacher_name_matches_the_data_module():
+    from distill_edu.cli import RUN_OPTIONS
+    from distill_edu.tokenizer import QWEN25_TOKENIZER
+    assert RUN_OPTIONS["teacher"][0] == RUN_OPTIONS["tokenizer"][0] == QWEN25_TOKENIZER
 
 
 def test_cli_process_prints_no_traceback(tmp_path):
@@ -162,7 +181,7 @@ def test_torchrun_two_gloo_processes(tmp_path, full_vocab_teacher):
     assert ckpt["step"] == 2 and len(ckpt["history"]["val_loss"]) == 1
 
 
-def test_compact_vocab_round_trip():
+def test_compact_vocab_round_trip(tmp_path):
     import numpy as np
     from distill_edu.tokenizer import load_tokenizer
     tok = load_tokenizer(offline=True)
@@ -173,6 +192,13 @@ def test_compact_vocab_round_trip():
     assert vocab.unk not in compact.tolist() and vocab.decode(tok, compact.tolist()) == "中国人民今天很高兴。"
     assert vocab.to_compact[9].item() == vocab.unk and vocab.decode(tok, [vocab.unk]) == "□"
     with pytest.raises(ValueError, match="vocab"): CompactVocab(stream, len(tok), size=1)
+    path = vocab.save(str(tmp_path))
+    again = CompactVocab.load(str(tmp_path))
+    assert torch.equal(again.to_full, vocab.to_full) and torch.equal(again.to_compact, vocab.to_compact)
+    assert again.decode(tok, compact.tolist()) == "中国人民今天很高兴。" and again.coverage == vocab.coverage
+    with pytest.raises(FileNotFoundError, match="nothing"): CompactVocab.load(str(tmp_path / "nothing"))
+    open(path, "w").write('{"format": "distill_edu/compact_vocab/1", "to_full": [1, 1]}')
+    with pytest.raises(ValueError, match="不是 distill_edu 的压缩词表"): CompactVocab.load(path)
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -186,3 +212,34 @@ def test_demo_quick(tmp_path, capsys):
     assert all(1 < v < 512 * 2 for v in res["val_ppl"].values()), res["val_ppl"]
     assert os.path.isfile(tmp_path / "teacher" / "config.json")
     assert json.load(open(tmp_path / "teacher" / "config.json"))["vocab_size"] == 512 + 64   # 补了 64 行填充
+
+    # 检查点旁边有压缩词表：load_demo_model 读回学生和它的压缩分词器，可以直接生成
+    from distill_edu.generate import TextGenerator, load_trained_model
+    from distill_edu.tokenizer import load_tokenizer
+    model, compact = load_demo_model(str(tmp_path / "student_kd" / "latest.pt"))
+    printed = next(line for line in out.splitlines() if line.strip().startswith("[kd] 我国|")).split("|", 1)[1]
+    assert demo_continue(model, compact, "我国", args.new_tokens, args.top_k, args.sample_temperature,
+                         args.repetition_penalty, args.seed) == printed          # 读回的学生逐字重现 demo 打印的续写
+    text = TextGenerator(model, compact).generate("中国", 4)
+    assert text.startswith("中国") and len(compact.encode(text)) > 1, text
+    assert load_demo_model(str(tmp_path / "student_kd"))[0].config == model.config
+    # 直接拿完整的 Qwen2.5 分词器去配压缩词表的模型：点名报错，而不是嵌入层的 IndexError
+    with pytest.raises(ValueError, match="超出词表"):
+        TextGenerator(load_trained_model(tmp_path / "student_kd" / "latest.pt"), load_tokenizer(offline=True)).generate("中国", 4)
+    os.remove(tmp_path / "student_ce" / "compact_vocab.json")
+    with pytest.raises(FileNotFoundError, match="compact_vocab.json"): load_demo_model(str(tmp_path / "student_ce"))
+
+
+def test_train_export_hf_is_usable_with_auto_classes(tmp_path, capsys):
+    "train --export-hf：目录里有模型、分词器和生成配置，AutoModelForCausalLM + AutoTokenizer 读回的 logits 与检查点相同"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from distill_edu.generate import load_trained_model
+    student_cfg = write(tmp_path / "student.json", TINY_STUDENT)
+    out = tmp_path / "hf"
+    assert main(train_args(tmp_path, "unused", student_cfg, "--max-steps", "1", "--alpha", "0", "--export-hf", str(out))) == 0
+    tok = AutoTokenizer.from_pretrained(out)
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    assert len(tok) == 151665 and hf.generation_config.pad_token_id is not None
+    ids = torch.tensor([tok.encode("人民日报")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, load_trained_model(tmp_path / "ckpt" / "latest.pt")(ids))

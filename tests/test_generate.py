@@ -1,5 +1,6 @@
 "测试 distill_edu.generate：采样函数、KV 缓存、TextGenerator、load_trained_model"
 import math
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from distill_edu.tokenizer import load_tokenizer
 from distill_edu.generate import (STRATEGIES, KVCache, StaticDecoder, StaticKVCache, TextGenerator, apply_temperature,
                                   check_sampling_args, decode_steps, left_pad, load_trained_model, sample_next_token,
                                   static_decode_step, top_k_filter, top_p_filter)
+from distill_edu.checkpoint import check_tokenizer_vocab, export_hf
 from distill_edu.model import StudentModel, to_hf_qwen2
 
 
@@ -416,7 +418,7 @@ def test_load_weights_only_checkpoint_and_hf_directory(tmp_path, student):
     ids = torch.randint(0, student.config.vocab_size, (2, 5))
     state = {"_orig_mod." + k: v for k, v in student.state_dict().items()}      # torch.compile 过的键名
     torch.save({"model_state_dict": state, "model_config": student.config.to_dict()}, tmp_path / "w.pt")
-    to_hf_qwen2(student).save_pretrained(tmp_path / "hf")
+    export_hf(student, load_tokenizer(offline=True), tmp_path / "hf")
     for source in (tmp_path / "w.pt", tmp_path / "hf"):
         model = load_trained_model(source, device="cpu")
         assert isinstance(model, StudentModel) and not model.training
@@ -448,3 +450,40 @@ def test_decode_steps_masks_rows_beyond_the_tokenizer(student):
         out = torch.stack(list(decode_steps(student, ids, torch.ones_like(ids), 6, strategy=strategy,
                                             temperature=2.0, seed=0, vocab_limit=limit)), 1)
         assert (out < limit).all(), strategy
+
+
+# —— export_hf：别人只用 transformers 就能读回 ——
+def test_export_hf_round_trips_through_auto_classes(tmp_path, student, tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = export_hf(student, tok, tmp_path / "hf")
+    hf, hf_tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert len(hf_tok) == len(tok) and hf_tok.encode("知识蒸馏") == tok.encode("知识蒸馏")
+    eos = hf.generation_config.eos_token_id
+    assert set(eos if isinstance(eos, list) else [eos]) == {tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    assert hf.generation_config.pad_token_id == tok.pad_token_id
+    ids = torch.tensor([hf_tok.encode("今天天气很好")])
+    with torch.no_grad(): torch.testing.assert_close(hf(ids).logits, student(ids))
+    reloaded = TextGenerator(load_trained_model(out), hf_tok)            # 读回的模型 + 读回的分词器：同样的贪心续写
+    assert reloaded.generate("今天", 6) == TextGenerator(student, tok).generate("今天", 6)
+
+
+def test_export_hf_refuses_mismatched_tokenizers(tmp_path, tok):
+    narrow = StudentModel(small_config(1000))
+    with pytest.raises(ValueError, match="151665 个 token，比模型的 1000 行词表还多"): export_hf(narrow, tok, tmp_path / "a")
+    wide = StudentModel(small_config(len(tok) + 5000))
+    with pytest.raises(ValueError, match="配不上有 156665 行词表的模型"): export_hf(wide, tok, tmp_path / "b")
+    with pytest.raises(ValueError, match="save_pretrained"): export_hf(narrow, object(), tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()          # 检查在写盘之前
+    check_tokenizer_vocab(tok, len(tok) + 271, "Qwen2.5 的 271 行填充")                 # 少量填充行是允许的
+
+
+def test_weights_only_hf_folder_is_refused_by_name(tmp_path, student):
+    from transformers import AutoTokenizer
+    folder = tmp_path / "weights_only"
+    to_hf_qwen2(student).save_pretrained(folder)                        # 忘了存分词器
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{folder} 里只有模型、没有分词器")): load_trained_model(folder)
+    empty = AutoTokenizer.from_pretrained(folder)                       # transformers 不报错，给出 1 个 token 的分词器
+    assert len(empty) < 10
+    with pytest.raises(ValueError, match=re.escape(f"分词器 '{folder}' 只有 {len(empty)} 个 token")): TextGenerator(student, empty)
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(f"{folder} 里的分词器读不出来")): load_trained_model(folder)
