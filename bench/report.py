@@ -162,6 +162,8 @@ def sections():
                     "训练器的日志用同一个分母：开训前用同一个函数 `measured_matmul_peak` 在这张卡上实测一次）。\n\n"
                     + table(rows, ["variant", "tokens_per_sec", "step_ms", "mfu", "peak_mem_gib", "speedup"])
                     + kd_step_targets(r)))
+    if (r := load("full_distillation")):
+        out.append(("09 的完整蒸馏：真实 Qwen2.5 教师，蒸馏学生 vs 交叉熵基线", full_run_section(r)))
     if (r := load("kd_experiment")):
         out.append(("知识蒸馏 vs 纯交叉熵：同 token 数与同 GPU 时间（真实 Qwen2.5 教师）", kd_section(r)))
     if (r := load("sparse_kd")):
@@ -184,25 +186,54 @@ def sections():
     return out
 
 
+def summary_lines() -> list[str]:
+    "README 的实测结果：每个 JSON 一句话"
+    lines = []
+    if (r := load("full_distillation")):
+        m = {x["model"]: x for x in r["rows"]}
+        kd, ce, t = m["蒸馏学生"], m["基线（交叉熵）"], m["教师"]
+        lines.append(f"09 的完整运行（{r['device']}，教师 {r['teacher']}，{r['steps']} 步 × {r['batch']} × {r['seq']}）："
+                     f"验证困惑度 蒸馏学生 {kd['val_ppl']:.1f}、交叉熵基线 {ce['val_ppl']:.1f}、教师 {t['val_ppl']:.1f}；"
+                     f"与教师的 top-1 一致率 {kd['top1_agreement']:.1%} 对 {ce['top1_agreement']:.1%}")
+    if (r := load("kd_experiment")):
+        rows = {x["arm"]: x for x in r["rows"]}
+        if {"ce", "kd_t1", "ce_time", "sparse_time"} <= rows.keys():
+            lines.append(f"小语料（约一百万 token）上的对照：同样 token 数，τ=1 的蒸馏验证困惑度是交叉熵的 "
+                         f"{rows['kd_t1']['val_ppl'] / rows['ce']['val_ppl']:.2f}×，从不训练的领域上是 "
+                         f"{rows['kd_t1']['heldout_ppl'] / rows['ce']['heldout_ppl']:.3f}×；同样 GPU 时间，教师缓存的蒸馏是交叉熵终点的 "
+                         f"{rows['sparse_time']['val_ppl'] / rows['ce_time']['val_ppl']:.2f}×、是它途中最好一点的 "
+                         f"{rows['sparse_time']['val_ppl'] / rows['ce_time']['best_val_ppl']:.2f}×")
+    if (r := load("kd_step")):
+        d = next(x for x in r["rows"] if x["variant"] == "default")
+        lines.append(f"一步蒸馏训练（{r['device']}，batch {r['batch']} × {r['seq']}）：{d['tokens_per_sec']:,} tokens/s，"
+                     f"MFU {100 * d['mfu']:.1f}%（分母是实测的矩阵乘峰值），峰值显存 {d['peak_mem_gib']} GiB")
+    if (r := load("generate_gpu_h200")) and r.get("targets"):
+        t = r["targets"]
+        lines.append(f"生成（{r['device_name']}，CUDA graph 解码）：batch 1 {t['1']['ours_best']:,} tokens/s，"
+                     f"batch 8 {t['8']['ours_best']:,} tokens/s")
+    if (r := load("cpu_suite")):
+        rows = {x["command"]: x for x in r["rows"]}
+        parts = [f"测试 {rows['total']['seconds'] / 60:.1f} 分钟"]
+        if "distill-edu demo" in rows: parts.insert(0, f"`distill-edu demo` {rows['distill-edu demo']['seconds'] / 60:.1f} 分钟")
+        lines.append(f"两条命令在 {r['cpu_count']} 核 CPU 上（没有别的任务时）：" + "，".join(parts))
+    return lines
+
+
+def full_run_section(r) -> str:
+    return (provenance(r) + f"教师 {r['teacher']}；语料 {r['corpus']}；配方：前向 KL，τ={r['recipe']['temperature']}，α={r['recipe']['alpha']}；两个学生同一种子、同一数据顺序、"
+            f"各 {r['steps']} 步 × {r['batch']} × {r['seq']}（同样的 token 数）。\n\n"
+            + table(r["rows"], ["model", "val_ppl", "top1_agreement", "seconds"])
+            + "\n命令是在 GPU 机器上按完整模式执行 09，输出提交在 09 里；生成的文字、曲线和导出见 09_full_distillation "
+              "与 08_generate 的“成绩单”一节。\n")
+
+
 def main():
     secs = sections()
     body = "# 性能基准\n\n由 `python bench/report.py` 从 `bench/results/*.json` 生成，请勿手改。\n\n" + \
            "".join(f"## {title}\n\n{text}\n" for title, text in secs)
     (ROOT / "BENCHMARKS.md").write_text(body, encoding="utf-8")
-    kd, step, ddp = load("kd_experiment"), load("kd_step"), load("ddp")
-    summary = ""
-    if kd:
-        summary += ("真实 Qwen2.5 教师、约一百万 token 的《人民日报》训练集、两个种子的平均（困惑度越低越好；"
-                    "留出领域是从不训练的 Debian 文档）：\n\n"
-                    + table(kd["rows"], ["arm", "steps", "gpu_seconds", "val_ppl", "best_val_ppl", "heldout_ppl"]))
-    if step:
-        rows = [{**x, "mfu": f"{100 * x['mfu']:.1f}%"} for x in step["rows"]]
-        summary += f"\n一步蒸馏训练（{step['device']}，batch {step['batch']} × {step['seq']}）：\n\n" + \
-                   table(rows, ["variant", "tokens_per_sec", "mfu", "peak_mem_gib"])
-    if ddp:
-        x = ddp["rows"][-1]["speedup"]
-        summary += f"\n两卡数据并行：{x}× 单卡吞吐。\n"
-    summary += "\n卡、日期、命令和全部数字见 [BENCHMARKS.md](BENCHMARKS.md)。"
+    summary = "".join(f"- {line}\n" for line in summary_lines())
+    summary += "\n卡、日期、命令、各组对照的全部数字见 [BENCHMARKS.md](BENCHMARKS.md)。"
     nb_path = Path("nbs/index.ipynb")
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
