@@ -10,17 +10,6 @@ from distill_edu.data import SPLITS, WikiDataset, create_dataloaders, load_corpu
 from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE, load_tokenizer
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("distill_edu_cache")
-
-
-@pytest.fixture(scope="session")
-def tok(cache):
-    "每个测试会话只离线构建一次（几秒）"
-    return load_tokenizer(offline=True, cache_dir=cache)
-
-
 def test_strip_pos_tags():
     line = "19980101-01-001-001/m  迈向/v  充满/v  [中国/ns  政府/n]nt  １/m  张/q  Windows/nx  95/m  [新华社/nt]/nt"
     assert strip_pos_tags(line) == "迈向充满中国政府１张Windows 95新华社"

@@ -35,17 +35,6 @@ MIXED = ["Hello world", "你好，世界！Qwen2.5 的分词器", "  两个空�
          "<|im_start|>user\n你好<|im_end|>\n<tool_call>{}</tool_call><|endoftext|>"]
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("distill_edu_cache")
-
-
-@pytest.fixture(scope="session")
-def tok(cache):
-    "每个测试会话只离线构建一次（几秒）"
-    return load_tokenizer(offline=True, cache_dir=cache)
-
-
 def test_tokenizer_size_and_special_ids(tok):
     assert len(tok) == QWEN_TOKENIZER_SIZE == 151665
     assert tok.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)) == list(range(151643, 151665))
