@@ -327,23 +327,14 @@ DEMO_PROMPTS = ("我国", "经济", "人民")   # 《人民日报》里常见的
 
 def demo_continue(model, compact, prompt: str, new_tokens: int, top_k: int = 8, temperature: float = 0.8,
                   repetition_penalty: float = 2.0, seed: int = 0) -> str:
-    """demo 的续写：每步对整条序列做一次前向（序列很短，不用 KV 缓存），不生成 UNK 和 EOS（语料里 EOS 只是换段，
-    禁掉它续写才不会一两个字就停），已出现过的 token 受重复惩罚（正 logit 除以 repetition_penalty、负的乘以它），
-    再用 08_generate 的 top-k 采样。返回续写的文本"""
-    import torch
-    from distill_edu.generate import sample_next_token
-    generator, ids = torch.Generator().manual_seed(seed), compact.encode(prompt)
-    start = len(ids)
-    with torch.inference_mode():
-        for _ in range(new_tokens):
-            logits = model(torch.tensor([ids[-model.config.max_seq_len:]]))[0, -1].float()
-            logits[compact.vocab.unk:] = float("-inf")                            # UNK 和填充行
-            if compact.eos_token_id is not None: logits[compact.eos_token_id] = float("-inf")
-            seen = torch.tensor(sorted(set(ids)))
-            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty, logits[seen] * repetition_penalty)
-            token = int(sample_next_token(logits[None], "top_k", temperature, top_k, generator=generator))
-            ids.append(token)
-    return compact.decode(ids[start:])
+    """demo 的续写：08_generate 的 `TextGenerator`，top-k 采样加重复惩罚。不生成 EOS（语料里 EOS 只是换段，禁掉它续写
+    才不会一两个字就停）；UNK 是压缩词表的最后一个 id，在 len(compact) 之外，本来就不会被采样。返回续写的文本"""
+    from distill_edu.generate import TextGenerator
+    gen = TextGenerator(model, compact)
+    suppress = () if compact.eos_token_id is None else (compact.eos_token_id,)
+    ids = gen.generate_ids(prompt, new_tokens, strategy="top_k", top_k=top_k, temperature=temperature,
+                           repetition_penalty=repetition_penalty, suppress_ids=suppress, seed=seed)[0]
+    return compact.decode(ids[len(gen.encode(prompt)):])
 
 def run_demo(args) -> dict:
     "demo 子命令：训练小教师 → 导出/读回 → 蒸馏学生与 CE 基线 → 打印验证困惑度和生成文本；返回结果字典"

@@ -14,13 +14,14 @@ from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 # %% auto #0
 __all__ = ['STRATEGIES', 'EOS_TOKENS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'TOKENIZER_FILES', 'check_sampling_args',
            'apply_temperature', 'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache', 'StaticKVCache',
-           'static_decode_step', 'eos_token_ids', 'left_pad', 'limit_vocab', 'last_token_logits', 'decode_steps',
-           'StaticDecoder', 'TextGenerator', 'load_trained_model']
+           'static_decode_step', 'eos_token_ids', 'left_pad', 'limit_vocab', 'penalize_repeats', 'last_token_logits',
+           'decode_steps', 'StaticDecoder', 'TextGenerator', 'load_trained_model']
 
 # %% ../nbs/08_generate.ipynb #d1c7c3b2
 STRATEGIES = ("greedy", "top_k", "top_p")
 
-def check_sampling_args(strategy: str = "greedy", temperature: float = 1.0, top_k: int = 50, top_p: float = 0.9):
+def check_sampling_args(strategy: str = "greedy", temperature: float = 1.0, top_k: int = 50, top_p: float = 0.9,
+                        repetition_penalty: float = 1.0):
     "检查采样参数；任何一个不合法都抛出点名的 ValueError"
     if strategy not in STRATEGIES:
         raise ValueError(f"未知的 strategy={strategy!r}，可选：{STRATEGIES}")
@@ -28,6 +29,8 @@ def check_sampling_args(strategy: str = "greedy", temperature: float = 1.0, top_
     except ValueError as e: raise ValueError(f"{e}；想要确定性的输出请用 strategy='greedy'") from None
     check_int("top_k", top_k)
     check_number("top_p", top_p, 0, 1, lo_open=True)
+    check_number("repetition_penalty", repetition_penalty, 1)     # 1 = 不惩罚；< 1 会鼓励重复
+
 
 # %% ../nbs/08_generate.ipynb #76c50c86
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -186,6 +189,20 @@ def limit_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
     if vocab_limit is not None and logits.shape[-1] > vocab_limit: logits[:, vocab_limit:] = float("-inf")
     return logits
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """重复惩罚（CTRL 的做法）：每行已出现过的 token，正的 logit 除以 penalty、负的乘以它（都让它变得更不可能）。
+    logits (B, V) float32；seen (B, L) int64 是每行已出现的编号（提示 + 已生成），返回新张量"""
+    if penalty == 1.0: return logits
+    z = logits.gather(-1, seen)
+    return logits.scatter(-1, seen, torch.where(z > 0, z / penalty, z * penalty))
+
+def _next_logits(logits, tokens, mask, vocab_limit, suppress_ids, repetition_penalty):
+    "采样前对 logits 的三步调整：去掉分词器外的编号、禁掉 suppress_ids、重复惩罚（左填充的位置换成该行最后一个真实 token）"
+    logits = limit_vocab(logits, vocab_limit)
+    if suppress_ids: logits[:, list(suppress_ids)] = float("-inf")
+    if repetition_penalty == 1.0: return logits
+    return penalize_repeats(logits, torch.where(mask.bool(), tokens, tokens[:, -1:]), repetition_penalty)
+
 def last_token_logits(model, input_ids, attention_mask, kv_cache=None, vocab_limit: int | None = None) -> torch.Tensor:
     "一次前向，只对最后一个位置计算 lm_head。input_ids/attention_mask (B, T_new)/(B, T_total) int64；返回 (B, V) float32"
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]    # pos = cumsum(mask) - 1
@@ -194,11 +211,13 @@ def last_token_logits(model, input_ids, attention_mask, kv_cache=None, vocab_lim
 
 @torch.inference_mode()
 def decode_steps(model, input_ids, attention_mask, max_new_tokens: int, strategy="greedy", temperature=1.0, top_k=50,
-                 top_p=0.9, seed=None, use_cache=True, vocab_limit: int | None = None, decoder=None):
+                 top_p=0.9, seed=None, use_cache=True, vocab_limit: int | None = None, decoder=None,
+                 repetition_penalty: float = 1.0, suppress_ids=()):
     """生成循环：input_ids/attention_mask (B, P) int64（左填充），每步产出 (B,) int64 的新 token，共 max_new_tokens 步
     （不判断 EOS，由调用方决定何时停止）。use_cache=False 时每步把整条序列重新送进模型（用于对照）；
-    给出 decoder（StaticDecoder）时用它的静态缓存（以及录好的 CUDA graph）逐步解码。"""
-    check_sampling_args(strategy, temperature, top_k, top_p)
+    给出 decoder（StaticDecoder）时用它的静态缓存（以及录好的 CUDA graph）逐步解码。
+    suppress_ids 里的编号永远不生成；repetition_penalty > 1 时已出现过的 token 受 `penalize_repeats` 惩罚。"""
+    check_sampling_args(strategy, temperature, top_k, top_p, repetition_penalty)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     tokens, mask = input_ids.to(device), attention_mask.to(device)
@@ -206,14 +225,18 @@ def decode_steps(model, input_ids, attention_mask, max_new_tokens: int, strategy
         decoder.check_fits(*tokens.shape, max_new_tokens)
         logits = decoder.prefill(tokens, mask)                            # 预填充：普通前向
         for step in range(max_new_tokens):
-            next_token = sample_next_token(limit_vocab(logits, vocab_limit), strategy, temperature, top_k, top_p, generator)
+            logits = _next_logits(logits, tokens, mask, vocab_limit, suppress_ids, repetition_penalty)
+            next_token = sample_next_token(logits, strategy, temperature, top_k, top_p, generator)
             yield next_token                                              # 仍在 GPU 上，循环不等主机
+            if repetition_penalty != 1.0:                                 # 只有重复惩罚要记住已生成的 token
+                tokens, mask = torch.cat([tokens, next_token[:, None]], 1), F.pad(mask, (0, 1), value=1)
             if step + 1 < max_new_tokens: logits = decoder.step(next_token)
         return
     cache = KVCache.for_model(model, tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
     step_input = tokens
     for _ in range(max_new_tokens):
-        logits = last_token_logits(model, step_input, mask, cache, vocab_limit)
+        logits = _next_logits(last_token_logits(model, step_input, mask, cache), tokens, mask, vocab_limit,
+                              suppress_ids, repetition_penalty)
         next_token = sample_next_token(logits, strategy, temperature, top_k, top_p, generator)
         yield next_token
         mask = F.pad(mask, (0, 1), value=1)
@@ -373,12 +396,13 @@ class TextGenerator:
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 100, strategy: str = "greedy",
                  temperature: float = 1.0, top_k: int = 50, top_p: float = 0.9, seed: int | None = None,
-                 stream: bool = False, use_cache: bool = True):
+                 stream: bool = False, use_cache: bool = True, repetition_penalty: float = 1.0, suppress_ids=()):
         """生成“提示 + 续写”的文本。prompt 为字符串时返回 str，为字符串列表时（左填充批量生成）返回 list[str]；
-        stream=True（仅限单个提示）时返回一个迭代器，逐段产出文本，拼起来等于非流式的结果。"""
-        check_sampling_args(strategy, temperature, top_k, top_p)
+        stream=True（仅限单个提示）时返回一个迭代器，逐段产出文本，拼起来等于非流式的结果。
+        repetition_penalty > 1 惩罚已出现过的 token（训练不足的小模型容易陷入重复）；suppress_ids 里的编号永远不生成。"""
+        check_sampling_args(strategy, temperature, top_k, top_p, repetition_penalty)
         sampling = dict(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        use_cache=use_cache)
+                        use_cache=use_cache, repetition_penalty=repetition_penalty, suppress_ids=tuple(suppress_ids))
         if stream:
             if not isinstance(prompt, str): raise ValueError(f"stream=True 只支持单个字符串提示，收到 {type(prompt).__name__}")
             prompt_ids = self.encode(prompt)

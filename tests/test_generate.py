@@ -7,7 +7,7 @@ import torch
 
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.tokenizer import load_tokenizer
-from distill_edu.generate import (STRATEGIES, KVCache, StaticDecoder, StaticKVCache, TextGenerator, apply_temperature,
+from distill_edu.generate import (STRATEGIES, KVCache, StaticDecoder, penalize_repeats, StaticKVCache, TextGenerator, apply_temperature,
                                   check_sampling_args, decode_steps, left_pad, load_trained_model, sample_next_token,
                                   static_decode_step, top_k_filter, top_p_filter)
 from distill_edu.checkpoint import check_tokenizer_vocab, export_hf
@@ -487,3 +487,29 @@ def test_weights_only_hf_folder_is_refused_by_name(tmp_path, student):
     with pytest.raises(ValueError, match=re.escape(f"分词器 '{folder}' 只有 {len(empty)} 个 token")): TextGenerator(student, empty)
     (folder / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(f"{folder} 里的分词器读不出来")): load_trained_model(folder)
+
+
+def test_penalize_repeats_only_touches_seen_tokens():
+    z = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    seen = torch.tensor([[0, 1, 1], [3, 3, 3]])
+    out = penalize_repeats(z, seen, 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 0.5, 3.0], [1.0, 1.0, 1.0, 0.5]]))
+    assert penalize_repeats(z, seen, 1.0) is z
+
+
+def test_repetition_penalty_and_suppress_ids_in_all_decoding_paths():
+    "动态缓存、不用缓存、静态缓存（不录图）三条路径在重复惩罚 + 禁用编号下逐 token 相同；禁用的编号从不出现"
+    torch.manual_seed(0)
+    m = StudentModel(ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                                 vocab_size=50, max_seq_len=64)).eval()
+    ids, mask = left_pad([[1, 2, 3], [4, 5]], 0)
+    kw = dict(repetition_penalty=3.0, suppress_ids=(7, 27))
+    plain = torch.stack(list(decode_steps(m, ids, mask, 16)), 1)
+    cached = torch.stack(list(decode_steps(m, ids, mask, 16, **kw)), 1)
+    uncached = torch.stack(list(decode_steps(m, ids, mask, 16, use_cache=False, **kw)), 1)
+    static = torch.stack(list(decode_steps(m, ids, mask, 16, decoder=StaticDecoder(m, 2, 32, cuda_graph=False), **kw)), 1)
+    assert torch.equal(cached, uncached) and torch.equal(cached, static)
+    assert not torch.isin(cached, torch.tensor([7, 27])).any()
+    assert not torch.equal(cached, plain)                       # 惩罚确实改变了输出
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        next(decode_steps(m, ids, mask, 4, repetition_penalty=0.5))
