@@ -147,13 +147,12 @@ def export_hf(student, tokenizer, out_dir) -> str:
     from transformers import GenerationConfig
     from distill_edu.config import check_output_dir
     from distill_edu.model import to_hf_qwen2
+    from distill_edu.generate import eos_token_ids
     if not hasattr(tokenizer, "save_pretrained"):
         raise ValueError(f"tokenizer 必须是 Hugging Face 分词器（有 save_pretrained），收到 {type(tokenizer).__name__}")
     check_tokenizer_vocab(tokenizer, student.config.vocab_size, f"分词器 {getattr(tokenizer, 'name_or_path', '')!r}")
     out_dir = check_output_dir("out_dir", out_dir)
-    vocab = tokenizer.get_vocab()
-    eos = sorted({vocab[t] for t in ("<|endoftext|>", "<|im_end|>") if t in vocab} |
-                 ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    eos = sorted(eos_token_ids(tokenizer))                      # 与 TextGenerator 停下的 token 相同（08_generate）
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
     hf = to_hf_qwen2(student)
     hf.generation_config = GenerationConfig(eos_token_id=eos[0] if len(eos) == 1 else eos or None, pad_token_id=pad)

@@ -470,9 +470,9 @@ def load_trained_model(checkpoint_path, device="cpu"):
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} 是目录，但其中没有 config.json（不是 Hugging Face 格式的模型目录）")
-        model = _load_hf_student(path)
-        _check_folder_tokenizer(path, model.config.vocab_size)
-        return model.to(device).eval()
+        from transformers import AutoConfig
+        _check_folder_tokenizer(path, AutoConfig.from_pretrained(path).vocab_size)   # 先查分词器，再读权重
+        return _load_hf_student(path).to(device).eval()
     ckpt = _read_checkpoint(path)
     try: config = ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError) as e: raise ValueError(f"检查点 {path} 的 model_config 无效：{e}") from e
