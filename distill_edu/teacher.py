@@ -72,9 +72,7 @@ def load_teacher_model(model_id: str = "Qwen/Qwen2.5-0.5B", device="cpu", dtype=
 def resolve_precision(precision: str, device) -> str:
     "把 'auto' 落实为 'bf16'/'fp16'/'fp32'：支持 bf16 的 GPU 用 bf16，其他 GPU 用 fp16，CPU 用 fp32"
     if precision != "auto": return precision
-    device = torch.device(device)
-    if device.type != "cuda": return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[default_teacher_dtype(device)]   # 与教师同一条规则
 
 # %% ../nbs/07d_teacher.ipynb #adc7f093
 class TeacherForward:
