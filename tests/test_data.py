@@ -7,7 +7,7 @@ import torch
 import distill_edu.data as data
 from distill_edu.config import ModelConfig
 from distill_edu.data import SPLITS, WikiDataset, create_dataloaders, load_corpus, strip_pos_tags, token_cache_dir
-from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE, load_tokenizer
+from distill_edu.tokenizer import load_tokenizer
 
 
 def test_strip_pos_tags():
