@@ -9,29 +9,28 @@ import argparse, hashlib, json, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
 from distill_edu.chunked import chunked_distillation_loss
 from distill_edu.sparse import (SparseTargetDataset, _cache_key, _chunk_targets, _sha256_file, _teacher_rows,
                                 build_sparse_cache, sparse_distillation_loss)
 from distill_edu.teacher import teacher_hidden_and_head
+from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE as V
 from distill_edu.trainer import DistillationTrainer
-from kd_step import teacher_model
+from kd_step import RandomTokens, teacher_model
 from profile_step import timed
 
-V = 151665
 
-
-class RandomTokenStream(Dataset):
-    "随机 token 流，接口与 WikiDataset 相同（seq_len、split、meta['sha256']、cache_path），只用于计时"
+class RandomTokenStream(RandomTokens):
+    "kd_step 的随机 token，再加上 SparseTargetDataset 要核对的 WikiDataset 接口（seq_len、split、meta['sha256']、cache_path）"
     def __init__(self, n, seq):
-        self.tokens, self.seq_len, self.split = np.random.randint(0, V, n * seq + 1).astype(np.uint32), seq, "train"
-        self.meta, self.cache_path = {"sha256": {"train": hashlib.sha256(self.tokens.tobytes()).hexdigest()}}, Path("random")
-    def __len__(self): return (len(self.tokens) - 1) // self.seq_len
-    def __getitem__(self, i):
-        x = torch.from_numpy(self.tokens[i * self.seq_len:(i + 1) * self.seq_len + 1].astype(np.int64))
-        return {"input_ids": x[:-1], "labels": x[1:]}
+        super().__init__(n, seq, V)
+        self.seq_len, self.split, self.cache_path = seq, "train", Path("random")
+        self.meta = {"sha256": {"train": hashlib.sha256(self.ids.numpy().tobytes()).hexdigest()}}
+
+
+def bf16_autocast(): return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def random_cache(ds, k, out: Path) -> SparseTargetDataset:
@@ -49,7 +48,7 @@ def random_cache(ds, k, out: Path) -> SparseTargetDataset:
 def cache_build_parts(args, dev, teacher, rows):
     B, T, k = args.batch, args.seq, args.k
     ids = torch.randint(0, V, (B, T), device=dev)
-    ac = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    ac = bf16_autocast
     compiled_hidden = torch.compile(teacher_hidden_and_head)
     for name, fn in (("eager", teacher_hidden_and_head), ("compiled", compiled_hidden)):
         def fwd(fn=fn):
@@ -62,15 +61,14 @@ def cache_build_parts(args, dev, teacher, rows):
         rows.append(timed(f"[cache] head matmul, weight sliced to {V} rows", lambda: h @ w_sliced.T))
         rows.append(timed(f"[cache] head matmul, full {w_full.size(0)} rows", lambda: h @ w_full.T))
         z = h @ w_sliced.T
-        zp = (h @ w_full.T)
+        zp = h @ w_full.T
         rows.append(timed(f"[cache] topk({k}) bf16 ({z.size(0)}, {V})", lambda: z.topk(k, dim=-1)))
         rows.append(timed(f"[cache] topk({k}) fp32", lambda: z.float().topk(k, dim=-1)))
         def two_stage():
             zz = torch.nn.functional.pad(zp, (0, -zp.size(1) % 1024), value=-float("inf"))
             zz = zz.view(zz.size(0), -1, 1024)                           # 每 1024 列先各取 k 个，再在候选里取 k 个
-            v1, i1 = zz.topk(k, dim=-1)
-            v2, i2 = v1.flatten(1).topk(k, dim=-1)
-            return v2, i2
+            v1, _ = zz.topk(k, dim=-1)
+            return v1.flatten(1).topk(k, dim=-1)                         # 只计时：候选的下标还要一次小 gather 才映射回词表
         rows.append(timed(f"[cache] two-stage topk({k}) on padded rows", two_stage))
         rows.append(timed("[cache] logsumexp(z.float()) eager", lambda: torch.logsumexp(z.float(), -1)))
         lse_c = torch.compile(lambda z: torch.logsumexp(z.float(), -1))
@@ -107,7 +105,7 @@ def loss_parts(args, dev, teacher, rows):
     B, T, k = args.batch, args.seq, args.k
     ids = torch.randint(0, V, (B, T), device=dev); labels = torch.randint(0, V, (B, T), device=dev)
     student = StudentModel(ModelConfig()).to(dev)
-    ac = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    ac = bf16_autocast
     with ac(): h0 = student.hidden_states(ids).detach()
     with torch.inference_mode(), ac(): th, tw = teacher_hidden_and_head(teacher, ids)
     th, tw = th.clone(), tw.clone()
