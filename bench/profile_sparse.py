@@ -73,7 +73,7 @@ def cache_build_parts(args, dev, teacher, rows):
         rows.append(timed("[cache] logsumexp(z.float()) eager", lambda: torch.logsumexp(z.float(), -1)))
         lse_c = torch.compile(lambda z: torch.logsumexp(z.float(), -1))
         rows.append(timed("[cache] logsumexp(z.float()) compiled", lambda: lse_c(z)))
-        rows.append(timed("[cache] _chunk_targets (topk + log p)", lambda: _chunk_targets(z, k, 1.0, "topk", None)))
+        rows.append(timed("[cache] _chunk_targets (topk + log p)", lambda: _chunk_targets(z, k, 1.0, "topk", None, V)))
         for name, fn in (("eager", teacher_hidden_and_head), ("compiled", compiled_hidden)):
             def whole(fn=fn):
                 with ac(): return _teacher_rows(teacher, ids, V, k, 1.0, "topk", 4096, None, fn)
@@ -85,7 +85,7 @@ def cache_build_parts(args, dev, teacher, rows):
             return top, vals.float() - (lse_c(zz) if fused else torch.logsumexp(zz.float(), -1))[:, None]
         rows.append(timed("[cache] candidate: full-row matmul + mask + topk + eager lse", lambda: padded_masked_topk_lse(False)))
         rows.append(timed("[cache] candidate: full-row matmul + mask + topk + compiled lse", lambda: padded_masked_topk_lse(True)))
-        t_ids, t_lp = _chunk_targets(z, k, 1.0, "topk", None)
+        t_ids, t_lp = _chunk_targets(z, k, 1.0, "topk", None, V)
         rows.append(timed("[cache] D2H copy of (ids int32, logp fp16)", lambda: (t_ids.int().cpu(), t_lp.half().cpu())))
 
 

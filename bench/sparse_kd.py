@@ -1,7 +1,8 @@
 """稀疏蒸馏（离线教师缓存）的一步训练 vs 纯 CE 的一步 vs 在线蒸馏的一步：同一次运行、同一份真实数据、batch 8 × 512。
 
 教师是真实的 Qwen2.5 检查点，缓存由 `kd_experiment.py prepare` 在《人民日报》训练集上建好（top-64，τ=1）；
-这里只计时：每个变体预热 5 步（含编译），再计 20 步的 tokens/s 与峰值显存。建缓存的吞吐量取自 prepare 的记录。
+这里只计时：每个变体预热 5 步（含编译），再计 50 步的 tokens/s 与峰值显存。三个变体用同样的 DataLoader
+（默认在主进程里读，与 `make_dataloaders`、命令行的默认 num_workers=0 相同）。建缓存的吞吐量取自 prepare 的记录。
 
     python bench/sparse_kd.py --runs /tmp/kd --out bench/results/sparse_kd.json
 """
@@ -24,8 +25,8 @@ VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0)
 
 def run_variant(name, args, device, train, teacher):
     ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest") if name == "sparse_kd" else train
-    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=2, pin_memory=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers, pin_memory=True,
+                        persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     student = StudentModel(ModelConfig(max_seq_len=args.seq)).to(device)
     cfg = TrainingConfig(batch_size=args.batch, seq_len=args.seq, warmup_steps=0, max_steps=args.steps + args.warmup,
@@ -48,7 +49,8 @@ if __name__ == "__main__":
     ap.add_argument("--teacher", default="/tmp/q/teacher")
     ap.add_argument("--tokenizer", default=".devdata/tokenizer")
     ap.add_argument("--out", default="bench/results/sparse_kd.json")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader 的 num_workers（三个变体相同）")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
@@ -67,6 +69,6 @@ if __name__ == "__main__":
     print_table(rows, ["variant", "tokens_per_sec", "step_ms", "time_vs_ce", "peak_mem_gib"])
     print(f"建缓存：{build}")
     write_json(args.out, {"benchmark": "sparse_kd", "device": device_name(device), "torch": torch.__version__,
-                          "batch": args.batch, "seq": args.seq, "steps": args.steps, "rows": rows, "cache_build": build,
+                          "batch": args.batch, "seq": args.seq, "steps": args.steps, "workers": args.workers, "rows": rows, "cache_build": build,
                           "command": f"python bench/kd_experiment.py prepare && python bench/sparse_kd.py --steps {args.steps} "
-                                     f"--batch {args.batch} --seq {args.seq}"})
+                                     f"--batch {args.batch} --seq {args.seq} --workers {args.workers}"})

@@ -185,19 +185,29 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/07c_sparse_kd.ipynb #7459c02f
+def _log_normalizer(z, temperature):
+    "log Σ_j e^{z_j/τ}，在 float32 里算：(C, V) → (C,)。建缓存时编译它，升精度、除以 τ 和求和融合成一个 kernel"
+    return torch.logsumexp(_fp32(z) / temperature, -1)
+
 @torch.inference_mode()
-def _chunk_targets(z, k, temperature, select, generator):
-    """一块教师 logits (C, V) → (ids, logp)。topk 直接在 logits 原来的 dtype 上选（除以 τ、log-softmax 都不改变顺序），
+def _chunk_targets(z, k, temperature, select, generator, vocab, log_normalizer=_log_normalizer):
+    """一块教师 logits (C, V_head) → (ids, logp)。z 用 LM head 的**全部**行算出，vocab 之后的填充列先置为 −∞：
+    它们不会被选中，也不进 log Σ。topk 直接在 logits 原来的 dtype 上选（除以 τ、log-softmax 都不改变顺序），
     只为选中的 k 个算 log p = z/τ − log Σ e^{z/τ}：不必写出整块 float32 的 log 概率再在它上面 topk"""
+    if vocab < z.size(-1): z[:, vocab:] = float("-inf")
     if select == "sampled": return sparse_targets(F.log_softmax(_fp32(z) / temperature, -1), k, select, generator)
     vals, ids = z.topk(k, dim=-1)
-    return ids, _fp32(vals) / temperature - torch.logsumexp(_fp32(z) / temperature, -1, keepdim=True)
+    return ids, _fp32(vals) / temperature - log_normalizer(z, temperature)[:, None]
 
-def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, hidden=teacher_hidden_and_head):
-    "一批样本 (B, T) → 每个位置的 (ids, logp)，形状 (B·T, k)；教师 logits 每次只算 chunk 行"
+def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, hidden=teacher_hidden_and_head,
+                  log_normalizer=_log_normalizer):
+    """一批样本 (B, T) → 每个位置的 (ids, logp)，形状 (B·T, k)；教师 logits 每次只算 chunk 行。
+    矩阵乘用 LM head 的全部行（Qwen2.5 是 151,936 行，对齐到 128）：切成 w[:151665] 会得到奇数宽度的输出，
+    这个矩阵乘在 H200 上慢约 7×（`bench/profile_sparse.py`）；多算的 271 列在 `_chunk_targets` 里被遮掉"""
     h, w = hidden(teacher, ids)
-    h, w = h.reshape(-1, h.size(-1)), w[:vocab]
-    out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator) for i in range(0, h.size(0), chunk)]
+    h = h.reshape(-1, h.size(-1))
+    out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator, vocab, log_normalizer)
+           for i in range(0, h.size(0), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 def _open_partial(part: Path, key: dict, rows: int, k: int):
@@ -235,12 +245,15 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     ids.bin (N·T, k) int32、logp.bin (N·T, k) float16、meta.json（key、形状、校验和）。vocab：只在前 vocab 个 token 里取
     （默认 LM head 的行数；Qwen2.5 应传分词器的大小 151665，去掉填充行）。
     写在 out_dir.partial 里，每 sync_every 批落盘并记下进度：中断后再调用会从最近的进度接着写；写完校验和再原子地改名。
-    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。compile=True 时用 torch.compile 编译教师的前向（GPU 上更快）。
+    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。compile=True 时用 torch.compile 编译教师的前向与 log Σ（GPU 上更快）。
     out_dir 已经是同一个 key 的完整缓存 → 直接返回；是别的 key 的缓存 → 报错（不覆盖）。返回 out_dir。"""
     check_int("k", k); check_int("batch_size", batch_size); check_int("sync_every", sync_every)
     check_number("temperature", temperature, 0, lo_open=True)
     out, device = Path(out_dir), next(teacher.parameters()).device
     vocab = vocab or teacher.lm_head.weight.size(0)
+    if not 0 < vocab <= teacher.lm_head.weight.size(0):
+        raise ValueError(f"vocab={vocab} 应在 (0, {teacher.lm_head.weight.size(0)}]（教师 LM head 的行数）之内")
+    if select == "topk" and k > vocab: raise ValueError(f"k={k} 超过 vocab={vocab}：topk 最多取整个词表")
     key = _cache_key(teacher_fingerprint(teacher), dataset, k, temperature, select, seed)
     if (out / "meta.json").is_file():
         old = json.loads((out / "meta.json").read_text())["key"]
@@ -251,6 +264,7 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     done, ids_mm, logp_mm = _open_partial(part, key, rows, k)
     from tqdm.auto import tqdm
     hidden = torch.compile(teacher_hidden_and_head) if compile else teacher_hidden_and_head
+    log_normalizer = torch.compile(_log_normalizer) if compile else _log_normalizer
     t0, pending, steady = time.perf_counter(), None, None
     starts = range(done, len(dataset), batch_size)
     for n, start in enumerate(tqdm(starts, disable=not progress, desc="teacher cache", leave=False)):
@@ -260,7 +274,7 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
             ids = torch.cat([ids, ids[:1].expand(batch_size - len(idx), -1)])
         gen = torch.Generator(device=device).manual_seed(seed * 2**32 + start)   # 只由这一批决定：续写与一口气写完相同
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen, hidden)
+            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen, hidden, log_normalizer)
         current = _HostCopy(start * T, top_ids[:len(idx) * T], top_logp[:len(idx) * T])   # 异步拷回主机，不等它
         if pending: pending.write(ids_mm, logp_mm)             # 上一批写盘时，GPU 已经在算这一批
         pending = current
@@ -283,7 +297,7 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
 # %% ../nbs/07c_sparse_kd.ipynb #d37ab3ec
 class SparseTargetDataset(Dataset):
     """在 `WikiDataset` 的每个样本旁边给出缓存的教师目标：
-    `{"input_ids", "labels": (T,) int64, "teacher_ids": (T, k) int64, "teacher_logp": (T, k) float16}`。
+    `{"input_ids", "labels": (T,) int64, "teacher_ids": (T, k) int32, "teacher_logp": (T, k) float16}`。
     打开时核对缓存（meta 的 key 与这份数据的 token 流、样本长度；文件大小；verify=True 时再核对校验和；
     给了 teacher 时还核对教师指纹），对不上就点名报错。mode：这些目标怎么用（见 `SPARSE_MODES`）；
     训练器读 `sparse_mode` 与 `temperature`（建缓存时的温度）"""
@@ -322,7 +336,7 @@ class SparseTargetDataset(Dataset):
         if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")
         rows = slice(i * self.base.seq_len, (i + 1) * self.base.seq_len)
         ids, logp = self._arrays
-        return {**item, "teacher_ids": torch.from_numpy(ids[rows].astype(np.int64)),
+        return {**item, "teacher_ids": torch.from_numpy(np.array(ids[rows])),
                 "teacher_logp": torch.from_numpy(np.array(logp[rows]))}
 
     def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap

@@ -191,6 +191,37 @@ def test_cache_content_is_teacher_topk(world):
     assert not Path(f"{world['cache']}.partial").exists()
 
 
+class PaddedBigram(Bigram):
+    "LM head 比词表多 3 行（像 Qwen2.5 的 151,936 行对 151,665 个 token），填充行的 logit 比任何真实 token 都大"
+    def __init__(self, P, extra=3):
+        super().__init__(P)
+        w = torch.cat([self.lm_head.weight.data, torch.full((extra, V_CHAIN), 50.0)])
+        self.lm_head = nn.Linear(V_CHAIN, V_CHAIN + extra, bias=False)
+        with torch.no_grad(): self.lm_head.weight.copy_(w)
+
+
+@pytest.mark.parametrize("select", ["topk", "sampled"])
+def test_padded_head_rows_never_enter_the_cache(world, select):
+    "vocab < LM head 的行数：填充行既不能被选中，也不能进 log Σ（log p 仍按真实词表归一）"
+    out = build_sparse_cache(PaddedBigram(world["P"]), world["ds"], world["root"] / f"padded_{select}", k=8,
+                             select=select, vocab=V_CHAIN, batch_size=4, progress=False)
+    ids = np.memmap(out / "ids.bin", dtype=np.int32, mode="r").reshape(-1, 8)
+    logp = np.memmap(out / "logp.bin", dtype=np.float16, mode="r").reshape(-1, 8)
+    cur = world["ds"].tokens[:len(world["ds"]) * SEQ].astype(np.int64)
+    assert ids.max() < V_CHAIN
+    ref = world["P"].log()[cur].gather(-1, torch.from_numpy(ids.astype(np.int64)))
+    np.testing.assert_allclose(logp.astype(np.float32), ref.numpy(), atol=1e-2, rtol=1e-3)
+    if select == "topk":
+        ref_ids = np.memmap(world["cache"] / "ids.bin", dtype=np.int32, mode="r").reshape(-1, 8)
+        assert (ids == ref_ids).all()
+
+
+@pytest.mark.parametrize("kw,match", [(dict(vocab=V_CHAIN + 1), f"vocab={V_CHAIN + 1}"), (dict(k=V_CHAIN + 1), "超过 vocab")])
+def test_cache_bad_vocab_or_k_named(world, kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_sparse_cache(world["teacher"], world["ds"], world["root"] / "never", **{"k": 4, "progress": False, **kw})
+
+
 @pytest.mark.parametrize("select", ["topk", "sampled"])
 def test_resume_equals_uninterrupted(world, select):
     out, kw = world["root"] / f"resume_{select}", dict(k=4, select=select, batch_size=4, progress=False, sync_every=2)
@@ -257,7 +288,7 @@ def test_dataset_items(world):
     sds = SparseTargetDataset(world["ds"], world["cache"], teacher=world["teacher"])
     item = sds[-1]
     assert sds.sparse_mode == "topk_rest" and sds.temperature == 1.0 and len(sds) == len(world["ds"])
-    assert item["teacher_ids"].shape == (SEQ, 8) and item["teacher_ids"].dtype == torch.int64
+    assert item["teacher_ids"].shape == (SEQ, 8) and item["teacher_ids"].dtype == torch.int32
     assert item["teacher_logp"].dtype == torch.float16
     assert torch.equal(item["input_ids"], world["ds"][len(world["ds"]) - 1]["input_ids"])
     assert teacher_fingerprint(world["teacher"]) == teacher_fingerprint(Bigram(world["P"]))
