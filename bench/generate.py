@@ -12,6 +12,7 @@ CUDA graph 的贪心 = 不录图的贪心 = HF generate、批量 = 一条一条�
 """
 from __future__ import annotations
 import argparse, platform, statistics, sys, time
+from pathlib import Path
 
 import torch
 
@@ -164,6 +165,14 @@ def target_report(rows) -> dict:
     return out
 
 
+def _command(argv: list[str]) -> str:
+    "记录进 JSON 的命令：输出文件写成仓库里的 bench/results/<文件名>（别的机器上的路径对读者没有意义）"
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a in ("--out", "--json"): argv[i + 1] = f"bench/results/{Path(argv[i + 1]).name}"
+    return "python bench/generate.py " + " ".join(argv)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", "--out", dest="json", required=True, help="结果写到这个 JSON 文件")
@@ -260,7 +269,7 @@ def main(argv=None):
                   transformers=transformers.__version__, threads=torch.get_num_threads(), prompt_len=args.prompt_len,
                   new_tokens=args.new_tokens, model="tiny" if args.tiny else "default", config=cfg.to_dict(), rows=rows,
                   checked=bool(args.check and hf_model is not None), targets=targets,
-                  command="python bench/generate.py " + " ".join(sys.argv[1:] if argv is None else argv))
+                  command=_command(sys.argv[1:] if argv is None else argv))
     write_json(args.json, result)                                      # 加上日期与提交
     print(f"已写入 {args.json}")
 
