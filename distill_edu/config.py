@@ -205,9 +205,8 @@ def check_token_ids(name: str, ids, vocab_size: int, ignore: int | None = None):
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ValueError(f"{name} 必须是整数张量，收到 dtype={ids.dtype}")
     if ids.numel() == 0: raise ValueError(f"{name} 是空的（形状 {tuple(ids.shape)}），至少需要 1 个 token")
-    if ignore is not None: ids = ids[ids != ignore]
-    if ids.numel() == 0: return
-    lo, hi = int(ids.min()), int(ids.max())
+    if ignore is not None: ids = ids.masked_fill(ids == ignore, 0)   # 忽略的位置换成合法的 0（全是忽略时也就通过）
+    lo, hi = (int(v) for v in torch.aminmax(ids))                      # 一遍同时求最小与最大（每个训练步都要做）
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} 中有超出词表 [0, {vocab_size}) 的 token 编号 {bad}：分词器与模型的词表不一致？")
