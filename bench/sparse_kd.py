@@ -23,13 +23,24 @@ VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0)
             "online_kd": dict(alpha=0.5, temperature=1.0, loss_kind="forward_kl")}
 
 
+def profile_steps(trainer, name, steps=5):
+    "计时之后再跑几步，打印 CPU 与 GPU 上各自最贵的算子（找出一步里多出来的时间花在哪）"
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.train(num_steps=steps)
+        torch.cuda.synchronize()
+    for key in ("self_cpu_time_total", "self_device_time_total"):
+        print(f"\n== {name}：{steps} 步，按 {key} 排序")
+        print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=50))
+
+
 def run_variant(name, args, device, train, teacher):
     ds = SparseTargetDataset(train, Path(args.runs) / CACHE, mode="topk_rest") if name == "sparse_kd" else train
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers, pin_memory=True,
                         persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     student = StudentModel(ModelConfig(max_seq_len=args.seq)).to(device)
-    cfg = TrainingConfig(batch_size=args.batch, seq_len=args.seq, warmup_steps=0, max_steps=args.steps + args.warmup,
+    cfg = TrainingConfig(batch_size=args.batch, seq_len=args.seq, warmup_steps=0, max_steps=args.steps + args.warmup + 5 * args.profile,
                          log_interval=10**6, eval_interval=10**6, save_interval=10**6, precision="bf16",
                          checkpoint_dir=f"/tmp/sparse_kd_ckpt_{name}", **VARIANTS[name])
     trainer = DistillationTrainer(student, teacher if name == "online_kd" else None, loader, None, cfg, device, progress=False)
@@ -37,6 +48,7 @@ def run_variant(name, args, device, train, teacher):
     torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
     trainer.train(num_steps=args.steps)
     tok_s = trainer.history["tokens_per_sec"][-1]
+    if args.profile: profile_steps(trainer, name)
     row = {"variant": name, "tokens_per_sec": round(tok_s), "step_ms": round(1000 * args.batch * args.seq / tok_s, 1),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
     del trainer, student; gc.collect(); torch.cuda.empty_cache()
@@ -54,6 +66,7 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--profile", action="store_true", help="计时之后每个变体再剖析几步（只打印）")
     args = ap.parse_args()
     device = torch.device("cuda")
     tokenizer = load_tokenizer(args.tokenizer)

@@ -1,0 +1,106 @@
+"""batch 1 的静态缓存 + CUDA graph 解码把时间花在哪里（默认学生、随机权重、bf16，提示 32 个 token，生成 256 个）。
+
+逐层剥开一个 token 的价钱：完整的生成循环（采样在图外）→ 只 `step()`（拷 token + replay）→ 只 `replay()` →
+把贪心选 token 也录进图里；再看图里有多少个 kernel、哪些最贵，以及 inductor 的两种调优（coordinate descent、
+max-autotune 的 Triton 矩阵乘模板，能把 bias / 残差并进矩阵乘）各能省多少。只打印，不写 JSON。
+
+    python bench/profile_decode.py            # 在 GPU 机器上
+"""
+import time
+import torch
+from torch.profiler import ProfilerActivity, profile
+from distill_edu.config import ModelConfig
+from distill_edu.model import StudentModel
+from distill_edu.generate import StaticDecoder, decode_steps, static_decode_step
+
+P, N = 32, 256
+
+
+def per_token_ms(fn, setup=None, n=N, repeats=3) -> float:
+    "fn() 跑 n 个 token（每次之前 setup()，例如重新预填充，让槽位从头写起）；取最快的一次，返回每个 token 的毫秒数"
+    best = float("inf")
+    for _ in range(repeats):
+        if setup: setup()
+        torch.cuda.synchronize(); t = time.perf_counter()
+        fn(); torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best / n * 1000
+
+
+def build(model, ids, mask, compile, label):
+    t = time.perf_counter()
+    dec = StaticDecoder(model, 1, P + N, cuda_graph=True, compile=compile)
+    print(f"{label}: 建解码器 {time.perf_counter() - t:.1f} s")
+    return dec
+
+
+def graph_costs(dec, prefill, label):
+    "只 replay 的每 token 时间，以及一次 replay 里的 kernel 个数与 GPU 时间"
+    def replays():
+        for _ in range(N): dec.graph.replay()
+    ms = per_token_ms(replays, lambda: prefill(dec))
+    prefill(dec)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10): dec.graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_us = sum(getattr(e, "device_time", None) or e.cuda_time for e in kernels) / 10
+    print(f"{label}: 只 replay {ms:.3f} ms/token（{1000 / ms:,.0f} tok/s）；一次 replay {len(kernels) / 10:.0f} 个 kernel，"
+          f"GPU 忙 {gpu_us / 1000:.3f} ms")
+    return prof
+
+
+def main():
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = StudentModel(ModelConfig()).to(dev, torch.bfloat16).eval().requires_grad_(False)
+    ids = torch.randint(0, model.config.vocab_size, (1, P), device=dev)
+    mask = torch.ones_like(ids)
+    prefill = lambda dec: dec.prefill(ids, mask)
+    print(f"{torch.cuda.get_device_name(dev)}，torch {torch.__version__}，batch 1，提示 {P}，生成 {N}")
+
+    for compile in (False, True):
+        label = "compile" if compile else "eager 录图"
+        dec = build(model, ids, mask, compile, label)
+        loop = lambda: [None for _ in decode_steps(model, ids, mask, N, decoder=dec, vocab_limit=model.config.vocab_size)]
+        ms = per_token_ms(loop)
+        print(f"{label}: 完整循环 {ms:.3f} ms/token（{1000 / ms:,.0f} tok/s）")
+        tok = torch.zeros(1, dtype=torch.long, device=dev)
+        def steps():
+            for _ in range(N): dec.step(tok)
+        print(f"{label}: 只 step（拷 token + replay）{per_token_ms(steps, lambda: prefill(dec)):.3f} ms/token")
+        prof = graph_costs(dec, prefill, label)
+        if compile: top = prof
+
+        # 贪心也录进图：replay 一次 = 前向 + argmax + 把新 token 写回输入，主机什么都不用做
+        prefill(dec)
+        g = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(g):
+            logits = dec._run()
+            dec.token.copy_(logits.argmax(-1, keepdim=True))
+        def greedy_in_graph():
+            for _ in range(N): g.replay()
+        print(f"{label}: 贪心录进图 {per_token_ms(greedy_in_graph, lambda: prefill(dec)):.3f} ms/token\n")
+        del dec, g
+
+    try: print(top.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    except Exception as e: print(f"（没有 kernel 表：{e}）")
+
+    import torch._inductor.config as ic
+    for name, setting, mode in (("coordinate descent", "coordinate_descent_tuning", None),
+                                ("max-autotune（不录图）", None, "max-autotune-no-cudagraphs")):
+        torch._dynamo.reset()
+        if setting: setattr(ic, setting, True)
+        t = time.perf_counter()
+        dec = StaticDecoder(model, 1, P + N, cuda_graph=False)
+        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False, mode=mode)
+        dec._run = lambda: step(dec.model, dec.cache, dec.token, dec.position)
+        dec._capture(3)
+        print(f"{name}: 建解码器 {time.perf_counter() - t:.1f} s")
+        graph_costs(dec, prefill, name)
+        if setting: setattr(ic, setting, False)
+        del dec
+
+
+if __name__ == "__main__":
+    main()
