@@ -34,6 +34,16 @@ def cuda_ms(fn, reps: int = 10, warmup: int = 3) -> float:
     return times[len(times) // 2]
 
 
+def print_top_ops(fn, top: int = 12, title: str | None = None):
+    "在 CPU + CUDA 剖析器下运行 fn() 一次（结束时同步 GPU），打印按 GPU 自身时间、再按 CPU 自身时间排序的前 top 个算子"
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn(); torch.cuda.synchronize()
+    if title: print(f"\n== {title}")
+    for key in ("self_cuda_time_total", "self_cpu_time_total"):
+        print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+
+
 def write_json(path, payload: dict):
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(), **payload}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -12,6 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 from distill_edu.config import ModelConfig
 from distill_edu.model import StudentModel
 from distill_edu.generate import StaticDecoder, decode_steps, static_decode_step
+from common import print_top_ops
 
 P, N = 32, 256
 
@@ -27,7 +28,7 @@ def per_token_ms(fn, setup=None, n=N, repeats=3) -> float:
     return best / n * 1000
 
 
-def build(model, ids, mask, compile, label):
+def build(model, compile, label):
     t = time.perf_counter()
     dec = StaticDecoder(model, 1, P + N, cuda_graph=True, compile=compile)
     print(f"{label}: 建解码器 {time.perf_counter() - t:.1f} s")
@@ -35,7 +36,7 @@ def build(model, ids, mask, compile, label):
 
 
 def graph_costs(dec, prefill, label):
-    "只 replay 的每 token 时间，以及一次 replay 里的 kernel 个数与 GPU 时间"
+    "只 replay 的每 token 时间，以及一次 replay 里的 kernel 个数与 GPU 时间（与 profile_step.kernel_ms 同样只数 kernel）"
     def replays():
         for _ in range(N): dec.graph.replay()
     ms = per_token_ms(replays, lambda: prefill(dec))
@@ -43,11 +44,9 @@ def graph_costs(dec, prefill, label):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(10): dec.graph.replay()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_us = sum(getattr(e, "device_time", None) or e.cuda_time for e in kernels) / 10
-    print(f"{label}: 只 replay {ms:.3f} ms/token（{1000 / ms:,.0f} tok/s）；一次 replay {len(kernels) / 10:.0f} 个 kernel，"
-          f"GPU 忙 {gpu_us / 1000:.3f} ms")
-    return prof
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    count, gpu_ms = sum(e.count for e in kernels) / 10, sum(e.self_device_time_total for e in kernels) / 10 / 1000
+    print(f"{label}: 只 replay {ms:.3f} ms/token（{1000 / ms:,.0f} tok/s）；一次 replay {count:.0f} 个 kernel，GPU 忙 {gpu_ms:.3f} ms")
 
 
 def main():
@@ -61,7 +60,7 @@ def main():
 
     for compile in (False, True):
         label = "compile" if compile else "eager 录图"
-        dec = build(model, ids, mask, compile, label)
+        dec = build(model, compile, label)
         loop = lambda: [None for _ in decode_steps(model, ids, mask, N, decoder=dec, vocab_limit=model.config.vocab_size)]
         ms = per_token_ms(loop)
         print(f"{label}: 完整循环 {ms:.3f} ms/token（{1000 / ms:,.0f} tok/s）")
@@ -69,8 +68,7 @@ def main():
         def steps():
             for _ in range(N): dec.step(tok)
         print(f"{label}: 只 step（拷 token + replay）{per_token_ms(steps, lambda: prefill(dec)):.3f} ms/token")
-        prof = graph_costs(dec, prefill, label)
-        if compile: top = prof
+        graph_costs(dec, prefill, label)
 
         # 贪心也录进图：replay 一次 = 前向 + argmax + 把新 token 写回输入，主机什么都不用做
         prefill(dec)
@@ -81,10 +79,10 @@ def main():
         def greedy_in_graph():
             for _ in range(N): g.replay()
         print(f"{label}: 贪心录进图 {per_token_ms(greedy_in_graph, lambda: prefill(dec)):.3f} ms/token\n")
+        if compile:
+            prefill(dec)
+            print_top_ops(lambda: [dec.graph.replay() for _ in range(10)], 15, f"{label}：10 次 replay 里最贵的 kernel")
         del dec, g
-
-    try: print(top.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
-    except Exception as e: print(f"（没有 kernel 表：{e}）")
 
     import torch._inductor.config as ic
     for name, setting, mode in (("coordinate descent", "coordinate_descent_tuning", None),

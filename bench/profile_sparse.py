@@ -20,6 +20,7 @@ from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE as V
 from distill_edu.trainer import DistillationTrainer
 from kd_step import RandomTokens, teacher_model
 from profile_step import timed
+from common import print_top_ops
 
 
 class RandomTokenStream(RandomTokens):
@@ -148,12 +149,7 @@ def trainer_steps(args, dev, teacher):
                 torch.cuda.synchronize(); wall = (time.perf_counter() - t) / 20 * 1000
                 print(f"训练器一步 {name:<9} workers={workers}: CPU 发射 {cpu:5.1f} ms/step，墙钟 {wall:5.1f} ms/step")
                 if name == "sparse_kd" and workers == args.workers[-1]:
-                    from torch.profiler import profile, ProfilerActivity
-                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                        for _ in range(3): tr._train_step()
-                        torch.cuda.synchronize()
-                    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=60))
-                    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
+                    print_top_ops(lambda: [tr._train_step() for _ in range(3)], args.top)
                 del tr
 
 

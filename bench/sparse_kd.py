@@ -16,22 +16,11 @@ from distill_edu.tokenizer import load_tokenizer
 from distill_edu.teacher import load_teacher_model
 from distill_edu.trainer import DistillationTrainer
 from distill_edu.sparse import SparseTargetDataset
-from common import device_name, write_json, print_table
+from common import device_name, write_json, print_table, print_top_ops
 from kd_experiment import CACHE, K, datasets
 
 VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0),
             "online_kd": dict(alpha=0.5, temperature=1.0, loss_kind="forward_kl")}
-
-
-def profile_steps(trainer, name, steps=5):
-    "计时之后再跑几步，打印 CPU 与 GPU 上各自最贵的算子（找出一步里多出来的时间花在哪）"
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        trainer.train(num_steps=steps)
-        torch.cuda.synchronize()
-    for key in ("self_cpu_time_total", "self_device_time_total"):
-        print(f"\n== {name}：{steps} 步，按 {key} 排序")
-        print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=50))
 
 
 def run_variant(name, args, device, train, teacher):
@@ -48,7 +37,7 @@ def run_variant(name, args, device, train, teacher):
     torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
     trainer.train(num_steps=args.steps)
     tok_s = trainer.history["tokens_per_sec"][-1]
-    if args.profile: profile_steps(trainer, name)
+    if args.profile: print_top_ops(lambda: trainer.train(num_steps=5), title=f"{name}：计时之后再走 5 步")
     row = {"variant": name, "tokens_per_sec": round(tok_s), "step_ms": round(1000 * args.batch * args.seq / tok_s, 1),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
     del trainer, student; gc.collect(); torch.cuda.empty_cache()
