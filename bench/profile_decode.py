@@ -1,8 +1,8 @@
 """batch 1 的静态缓存 + CUDA graph 解码把时间花在哪里（默认学生、随机权重、bf16，提示 32 个 token，生成 256 个）。
 
 逐层剥开一个 token 的价钱：完整的生成循环（采样在图外）→ 只 `step()`（拷 token + replay）→ 只 `replay()` →
-把贪心选 token 也录进图里；再看图里有多少个 kernel、哪些最贵，以及 inductor 的两种调优（coordinate descent、
-max-autotune 的 Triton 矩阵乘模板，能把 bias / 残差并进矩阵乘）各能省多少。只打印，不写 JSON。
+把贪心选 token 也录进图里；再看图里有多少个 kernel、哪些最贵，以及编译选项的作用：`StaticDecoder` 用的
+`DECODE_COMPILE_OPTIONS`（coordinate descent 调优）对比 inductor 的默认选项，再加 max-autotune 的 Triton 矩阵乘模板又如何。只打印，不写 JSON。
 
     python bench/profile_decode.py            # 在 GPU 机器上
 """
@@ -11,7 +11,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from distill_edu.config import ModelConfig
 from distill_edu.model import StudentModel
-from distill_edu.generate import StaticDecoder, decode_steps, static_decode_step
+from distill_edu.generate import DECODE_COMPILE_OPTIONS, StaticDecoder, decode_steps, static_decode_step
 from common import print_top_ops
 
 P, N = 32, 256
@@ -84,19 +84,16 @@ def main():
             print_top_ops(lambda: [dec.graph.replay() for _ in range(10)], 15, f"{label}：10 次 replay 里最贵的 kernel")
         del dec, g
 
-    import torch._inductor.config as ic
-    for name, setting, mode in (("coordinate descent", "coordinate_descent_tuning", None),
-                                ("max-autotune（不录图）", None, "max-autotune-no-cudagraphs")):
+    for name, options in (("inductor 默认选项（不做 coordinate descent）", {}),
+                          ("再加 max-autotune 的 Triton 矩阵乘模板", {**DECODE_COMPILE_OPTIONS, "max_autotune": True})):
         torch._dynamo.reset()
-        if setting: setattr(ic, setting, True)
         t = time.perf_counter()
         dec = StaticDecoder(model, 1, P + N, cuda_graph=False)
-        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False, mode=mode)
+        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False, options=options)
         dec._run = lambda: step(dec.model, dec.cache, dec.token, dec.position)
         dec._capture(3)
         print(f"{name}: 建解码器 {time.perf_counter() - t:.1f} s")
         graph_costs(dec, prefill, name)
-        if setting: setattr(ic, setting, False)
         del dec
 
 

@@ -12,10 +12,10 @@ from .config import ModelConfig, check_device, check_int, check_number, check_to
 from .model import StudentModel, from_hf_qwen2, load_hf_qwen2
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'EOS_TOKENS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'TOKENIZER_FILES', 'check_sampling_args',
-           'apply_temperature', 'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache', 'StaticKVCache',
-           'static_decode_step', 'eos_token_ids', 'left_pad', 'limit_vocab', 'penalize_repeats', 'last_token_logits',
-           'decode_steps', 'StaticDecoder', 'TextGenerator', 'load_trained_model']
+__all__ = ['STRATEGIES', 'EOS_TOKENS', 'DECODE_COMPILE_OPTIONS', 'EOS_CHECK_EVERY', 'WEIGHT_KEYS', 'TOKENIZER_FILES',
+           'check_sampling_args', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'sample_next_token', 'KVCache',
+           'StaticKVCache', 'static_decode_step', 'eos_token_ids', 'left_pad', 'limit_vocab', 'penalize_repeats',
+           'last_token_logits', 'decode_steps', 'StaticDecoder', 'TextGenerator', 'load_trained_model']
 
 # %% ../nbs/08_generate.ipynb #d1c7c3b2
 STRATEGIES = ("greedy", "top_k", "top_p")
@@ -244,6 +244,9 @@ def decode_steps(model, input_ids, attention_mask, max_new_tokens: int, strategy
         step_input = next_token[:, None] if use_cache else tokens    # 有缓存：只送新 token；无缓存：整条重算
 
 # %% ../nbs/08_generate.ipynb #6422fd41
+# inductor 为每个生成的 kernel 按启发式选块大小；coordinate descent 再逐个参数试探、留下最快的（首次编译多十来秒）
+DECODE_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+
 class StaticDecoder:
     """固定形状的解码器：一个 StaticKVCache 加上固定地址的输入张量 token/position (B, 1)。
     cuda_graph=True（仅 CUDA）时把 `static_decode_step` 录成一张 CUDA graph，之后每步只 `replay()`；
@@ -259,7 +262,7 @@ class StaticDecoder:
             raise ValueError(f"max_seq_len={self.cache.max_seq_len} 太短：录图前要先预热 {warmup_steps} 步")
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros_like(self.token)
-        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False) if compile else static_decode_step
+        step = torch.compile(static_decode_step, fullgraph=True, dynamic=False, options=DECODE_COMPILE_OPTIONS) if compile else static_decode_step
         self._run = lambda: step(self.model, self.cache, self.token, self.position)
         self.graph, self.logits, self.setup_seconds = None, None, 0.0
         if cuda_graph: self._capture(warmup_steps)

@@ -295,12 +295,17 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     return out
 
 # %% ../nbs/07c_sparse_kd.ipynb #d37ab3ec
+def _id_range(ids: np.ndarray, rows_per_pass: int = 1 << 20) -> tuple[int, int]:
+    "(最小, 最大) 的 id：按块读 memmap，内存里一次只有一块"
+    parts = [(int(c.min()), int(c.max())) for c in (ids[i:i + rows_per_pass] for i in range(0, len(ids), rows_per_pass))]
+    return min(lo for lo, _ in parts), max(hi for _, hi in parts)
+
 class SparseTargetDataset(Dataset):
     """在 `WikiDataset` 的每个样本旁边给出缓存的教师目标：
     `{"input_ids", "labels": (T,) int64, "teacher_ids": (T, k) int32, "teacher_logp": (T, k) float16}`。
     打开时核对缓存（meta 的 key 与这份数据的 token 流、样本长度；文件大小；verify=True 时再核对校验和；
-    给了 teacher 时还核对教师指纹），对不上就点名报错。mode：这些目标怎么用（见 `SPARSE_MODES`）；
-    训练器读 `sparse_mode` 与 `temperature`（建缓存时的温度）"""
+    给了 teacher 时还核对教师指纹），对不上就点名报错；再扫一遍 id 的范围记进 `id_range`。mode：这些目标怎么用（见 `SPARSE_MODES`）；
+    训练器读 `sparse_mode`、`temperature`（建缓存时的温度）与 `id_range`"""
     def __init__(self, base, cache_dir, mode: str = "topk_rest", teacher=None, verify: bool = True):
         _check_mode(mode)
         self.base, self.cache_dir, self.sparse_mode = base, Path(cache_dir), mode
@@ -327,33 +332,40 @@ class SparseTargetDataset(Dataset):
             if actual != want: raise ValueError(f"稀疏缓存文件 {path} 的大小是 {actual}，应为 {want} 字节（被截断或被改过）")
             if verify and _sha256_file(path) != self.meta["sha256"][f]:
                 raise ValueError(f"稀疏缓存文件 {path} 的校验和不对：内容被改过，请重建缓存")
+        self.id_range = _id_range(_cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")[0])
+        if self.id_range[0] < 0:
+            raise ValueError(f"稀疏缓存文件 {self.cache_dir / 'ids.bin'} 里有负的 token 编号 {self.id_range[0]}：文件被改过，请重建缓存")
 
     def __len__(self): return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
         if i < 0: i += len(self)
-        if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")
+        if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "c")
         rows = slice(i * self.base.seq_len, (i + 1) * self.base.seq_len)
         ids, logp = self._arrays
-        return {**item, "teacher_ids": torch.from_numpy(np.array(ids[rows])),
-                "teacher_logp": torch.from_numpy(np.array(logp[rows]))}
+        return {**item, "teacher_ids": torch.from_numpy(ids[rows]), "teacher_logp": torch.from_numpy(logp[rows])}
 
     def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap
 
-def _check_sparse_config(config, dataset):
-    "用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）"
+def _check_sparse_config(config, dataset, vocab: int):
+    """用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）、
+    缓存里的 id 都在学生的词表 [0, vocab) 内"""
     if config.loss_kind != "forward_kl":
         raise ValueError(f"稀疏教师缓存只支持 loss_kind='forward_kl'（其他散度要用教师的整个分布），收到 {config.loss_kind!r}")
     if config.loss_chunk_size == 0: raise ValueError("稀疏教师缓存需要分块损失：loss_chunk_size 必须 > 0")
     if config.temperature != dataset.temperature:
         raise ValueError(f"temperature={config.temperature} 与稀疏缓存建立时的温度 {dataset.temperature} 不同：请用同一个温度或重建缓存")
+    if dataset.id_range[1] >= vocab:
+        raise ValueError(f"稀疏缓存 {dataset.cache_dir} 里有 token 编号 {dataset.id_range[1]}，超出学生的词表 [0, {vocab})："
+                         "缓存来自词表更大的分词器？")
 
 class CachedTargets:
     """07d 训练器的 teacher_targets：教师目标就是 batch 里缓存的 `teacher_ids`/`teacher_logp`，不跑教师模型。
-    训练集是 `SparseTargetDataset` 时训练器自动用它；创建时检查训练配置与缓存是否相配"""
-    def __init__(self, config, dataset):
-        _check_sparse_config(config, dataset)
+    训练集是 `SparseTargetDataset` 时训练器自动用它；创建时检查训练配置、学生词表 vocab 与缓存是否相配
+    （所以训练器不再逐 batch 检查 teacher_ids）"""
+    def __init__(self, config, dataset, vocab: int):
+        _check_sparse_config(config, dataset, vocab)
         self.mode = dataset.sparse_mode
     def __call__(self, batch: dict) -> dict:
         return {"teacher_ids": batch["teacher_ids"], "teacher_logp": batch["teacher_logp"], "mode": self.mode}

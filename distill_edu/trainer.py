@@ -116,8 +116,7 @@ def batch_to_device(batch, vocab: int, device) -> dict:
         what = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"batch 应是 {{'input_ids', 'labels'}} 字典或 (input_ids, labels) 二元组，收到 {what}")
     check_token_ids("batch 的 input_ids", ids, vocab)
-    check_token_ids("batch 的 labels", labels, vocab, ignore=IGNORE_INDEX)
-    if isinstance(batch, dict) and "teacher_ids" in batch: check_token_ids("batch 的 teacher_ids", batch["teacher_ids"], vocab)
+    check_token_ids("batch 的 labels", labels, vocab, ignore=IGNORE_INDEX)   # 缓存的 teacher_ids 在打开缓存时已整体查过（07c）
     if ids.dim() != 2 or labels.shape != ids.shape:
         raise ValueError(f"batch 的 input_ids 应为 (batch, seq) 二维张量、labels 与它同形状，"
                          f"收到 {tuple(ids.shape)} 与 {tuple(labels.shape)}")
@@ -138,7 +137,7 @@ class DistillationTrainer:
                  progress: bool | None = None, teacher_targets=None, loss_fn=None):
         self.sparse_mode = getattr(train_loader.dataset, "sparse_mode", None)    # 07c：batch 自带缓存的教师目标
         if self.sparse_mode is not None and teacher_targets is None and config.alpha > 0:
-            teacher_targets = CachedTargets(config, train_loader.dataset)
+            teacher_targets = CachedTargets(config, train_loader.dataset, student.config.vocab_size)
         if teacher is None and teacher_targets is None and config.alpha > 0:
             raise ValueError(f"alpha={config.alpha} > 0 需要教师模型（或 teacher_targets、07c 的 SparseTargetDataset）；纯交叉熵基线请设 alpha=0")
         self.config, self.device = config, check_device(device)
