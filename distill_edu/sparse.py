@@ -341,10 +341,11 @@ class SparseTargetDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
         if i < 0: i += len(self)
-        if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "c")
+        if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")
         rows = slice(i * self.base.seq_len, (i + 1) * self.base.seq_len)
         ids, logp = self._arrays
-        return {**item, "teacher_ids": torch.from_numpy(ids[rows]), "teacher_logp": torch.from_numpy(logp[rows])}
+        return {**item, "teacher_ids": torch.from_numpy(np.array(ids[rows])),
+                "teacher_logp": torch.from_numpy(np.array(logp[rows]))}
 
     def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap
 
