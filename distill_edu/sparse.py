@@ -364,7 +364,7 @@ def _check_sparse_config(config, dataset, vocab: int):
 class CachedTargets:
     """07d 训练器的 teacher_targets：教师目标就是 batch 里缓存的 `teacher_ids`/`teacher_logp`，不跑教师模型。
     训练集是 `SparseTargetDataset` 时训练器自动用它；创建时检查训练配置、学生词表 vocab 与缓存是否相配
-    （所以训练器不再逐 batch 检查 teacher_ids）"""
+    （所以训练器不必逐 batch 检查 teacher_ids）"""
     def __init__(self, config, dataset, vocab: int):
         _check_sparse_config(config, dataset, vocab)
         self.mode = dataset.sparse_mode
