@@ -325,7 +325,7 @@ class SparseTargetDataset(Dataset):
         self._check_files(verify)
 
     def _check_files(self, verify: bool):
-        "文件大小必须是 rows × k × 每项字节数（发现截断）；verify 时 sha256 必须与 meta 相同（发现被改过）"
+        "文件大小必须是 rows × k × 每项字节数（发现截断）；verify 时 sha256 必须与 meta 相同（发现被改过）；再扫出 id 的范围 `id_range`，不许有负数"
         for f, size in (("ids.bin", 4), ("logp.bin", 2)):
             path, want = self.cache_dir / f, self.meta["rows"] * self.k * size
             actual = path.stat().st_size if path.is_file() else None
