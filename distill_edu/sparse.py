@@ -16,7 +16,7 @@ from .teacher import teacher_hidden_and_head
 
 # %% auto #0
 __all__ = ['SPARSE_MODES', 'sparse_targets', 'sparse_weights', 'sparse_distillation_loss', 'teacher_fingerprint',
-           'build_sparse_cache', 'SparseTargetDataset', 'CachedTargets']
+           'topk_by_blocks', 'build_sparse_cache', 'SparseTargetDataset', 'CachedTargets']
 
 # %% ../nbs/07c_sparse_kd.ipynb #e71b8d9c
 SPARSE_MODES = ("topk", "topk_rest", "sampled")   # 截断重归一、截断 + 尾部桶、按教师分布采样
@@ -189,6 +189,17 @@ def _log_normalizer(z, temperature):
     "log Σ_j e^{z_j/τ}，在 float32 里算：(C, V) → (C,)。建缓存时编译它，升精度、除以 τ 和求和融合成一个 kernel"
     return torch.logsumexp(_fp32(z) / temperature, -1)
 
+def topk_by_blocks(z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, V) 每行前 k 大的 (值, 下标)，与 `z.topk(k)` 的值相同（并列时下标可能不同）。把一行切成 block 列一块：
+    先取每块的最大值，再只在最大值排前 k 的 k 块里选。V 不是 block 的倍数或块太少时直接用 `topk`"""
+    C, V = z.shape
+    if V % block or V // block < 4 * k: return z.topk(k, dim=-1)
+    blocks = z.view(C, V // block, block)
+    best = blocks.amax(-1).topk(k, dim=-1).indices                              # (C, k)：装着前 k 大的块
+    candidates = blocks.gather(1, best[..., None].expand(-1, -1, block)).flatten(1)   # (C, k·block)
+    vals, j = candidates.topk(k, dim=-1)
+    return vals, best.gather(1, j // block) * block + j % block
+
 @torch.inference_mode()
 def _chunk_targets(z, k, temperature, select, generator, vocab, log_normalizer=_log_normalizer):
     """一块教师 logits (C, V_head) → (ids, logp)。z 用 LM head 的**全部**行算出，vocab 之后的填充列先置为 −∞：
@@ -196,7 +207,7 @@ def _chunk_targets(z, k, temperature, select, generator, vocab, log_normalizer=_
     只为选中的 k 个算 log p = z/τ − log Σ e^{z/τ}：不必写出整块 float32 的 log 概率再在它上面 topk"""
     if vocab < z.size(-1): z[:, vocab:] = float("-inf")
     if select == "sampled": return sparse_targets(F.log_softmax(_fp32(z) / temperature, -1), k, select, generator)
-    vals, ids = z.topk(k, dim=-1)
+    vals, ids = topk_by_blocks(z, k)
     return ids, _fp32(vals) / temperature - log_normalizer(z, temperature)[:, None]
 
 def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, hidden=teacher_hidden_and_head,
@@ -321,7 +332,7 @@ class SparseTargetDataset(Dataset):
         if (mode == "sampled") != (key["select"] == "sampled"):
             raise ValueError(f"mode={mode!r} 需要 select={'sampled' if mode == 'sampled' else 'topk'} 的缓存，"
                              f"{self.cache_dir} 是 select={key['select']!r}")
-        self.k, self.temperature, self._arrays = key["k"], key["temperature"], None
+        self.k, self.temperature, self._files = key["k"], key["temperature"], None
         self._check_files(verify)
 
     def _check_files(self, verify: bool):
@@ -338,16 +349,21 @@ class SparseTargetDataset(Dataset):
 
     def __len__(self): return len(self.base)
 
+    def _read(self, i: int, name: str, dtype) -> torch.Tensor:
+        "第 i 个样本的 T 行目标：从文件里直接读进一块新张量（一次 read，不经 memmap）"
+        T, f = self.base.seq_len, self._files[name]
+        out = torch.empty(T, self.k, dtype=dtype)
+        f.seek(i * out.nbytes)
+        if f.readinto(out.numpy()) != out.nbytes: raise ValueError(f"稀疏缓存文件 {f.name} 读到第 {i} 个样本时提前结束（被截断）")
+        return out
+
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
         if i < 0: i += len(self)
-        if self._arrays is None: self._arrays = _cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")
-        rows = slice(i * self.base.seq_len, (i + 1) * self.base.seq_len)
-        ids, logp = self._arrays
-        return {**item, "teacher_ids": torch.from_numpy(np.array(ids[rows])),
-                "teacher_logp": torch.from_numpy(np.array(logp[rows]))}
+        if self._files is None: self._files = {f: open(self.cache_dir / f, "rb", buffering=0) for f in ("ids.bin", "logp.bin")}
+        return {**item, "teacher_ids": self._read(i, "ids.bin", torch.int32), "teacher_logp": self._read(i, "logp.bin", torch.float16)}
 
-    def __getstate__(self): return {**self.__dict__, "_arrays": None}   # DataLoader worker 里各自打开 memmap
+    def __getstate__(self): return {**self.__dict__, "_files": None}   # DataLoader worker 里各自打开文件
 
 def _check_sparse_config(config, dataset, vocab: int):
     """用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）、
