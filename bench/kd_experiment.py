@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from common import device_name, write_json
 
 TRAIN_SOURCE, HELDOUT_SOURCE = "peoples_daily_1998_01", "debian_zh_cn_docs"
-K, CACHE = 64, "sparse_k64"
+K, CACHE, CACHE_BATCH = 64, "sparse_k64", 16          # 建缓存：top-64，每批 16 个样本
 ONLINE = dict(alpha=0.5, loss_kind="forward_kl")
 ARMS = {"ce": dict(alpha=0.0), "kd_t1": dict(ONLINE, temperature=1.0), "kd_t2": dict(ONLINE, temperature=2.0),
         "sparse": dict(alpha=0.5, temperature=1.0), "ce_time": dict(alpha=0.0), "sparse_time": dict(alpha=0.5, temperature=1.0),
@@ -105,7 +105,7 @@ def stage_prepare(args, device):
         info[f"teacher_{name}"] = evaluate(teacher, batches, device, len(tokenizer))
         print(f"教师 {name}: ppl {info[f'teacher_{name}']['ppl']:.2f}", flush=True)
     t = time.perf_counter()
-    build_sparse_cache(teacher, train, runs / CACHE, k=K, temperature=1.0, batch_size=16, vocab=len(tokenizer),
+    build_sparse_cache(teacher, train, runs / CACHE, k=K, temperature=1.0, batch_size=CACHE_BATCH, vocab=len(tokenizer),
                        progress=False, compile=True)
     info["cache"] = {**json.loads((runs / CACHE / "meta.json").read_text()), "wall_seconds": time.perf_counter() - t}
     info["cache"].pop("sha256", None)

@@ -14,7 +14,7 @@ from distill_edu.config import ModelConfig, TrainingConfig
 from distill_edu.model import StudentModel
 from distill_edu.chunked import chunked_distillation_loss
 from distill_edu.sparse import (SparseTargetDataset, _cache_key, _chunk_targets, _sha256_file, _teacher_rows,
-                                build_sparse_cache, sparse_distillation_loss)
+                                build_sparse_cache, sparse_distillation_loss, topk_by_blocks)
 from distill_edu.teacher import teacher_hidden_and_head
 from distill_edu.tokenizer import QWEN_TOKENIZER_SIZE as V
 from distill_edu.trainer import DistillationTrainer
@@ -65,6 +65,7 @@ def cache_build_parts(args, dev, teacher, rows):
         zp = h @ w_full.T
         rows.append(timed(f"[cache] topk({k}) bf16 ({z.size(0)}, {V})", lambda: z.topk(k, dim=-1)))
         rows.append(timed(f"[cache] topk({k}) fp32", lambda: z.float().topk(k, dim=-1)))
+        rows.append(timed(f"[cache] topk_by_blocks({k}) bf16, full {zp.size(1)} rows", lambda: topk_by_blocks(zp, k)))
         def two_stage():
             zz = torch.nn.functional.pad(zp, (0, -zp.size(1) % 1024), value=-float("inf"))
             zz = zz.view(zz.size(0), -1, 1024)                           # 每 1024 列先各取 k 个，再在候选里取 k 个

@@ -3,7 +3,8 @@
 教师是真实的 Qwen2.5 检查点，缓存由 `kd_experiment.py prepare` 在《人民日报》训练集上建好（top-64，τ=1）；
 这里只计时：每个变体预热 5 步（含编译），再计 50 步的 tokens/s、峰值显存，以及每步主机线程花在取 batch、
 检查、发起拷贝上的时间（host_batch_ms：这一步的 GPU 活儿不够多时，主机时间直接加在步时上）。三个变体用同样的 DataLoader
-（默认在主进程里读，与 `make_dataloaders`、命令行的默认 num_workers=0 相同）。建缓存的吞吐量取自 prepare 的记录。
+（默认在主进程里读，与 `make_dataloaders`、命令行的默认 num_workers=0 相同）。建缓存的吞吐量取自 prepare 的记录；
+它的天花板（同样批大小下只做教师前向与 LM head）在这里单独量。
 
     python bench/sparse_kd.py --runs /tmp/kd --out bench/results/sparse_kd.json
 """
@@ -17,8 +18,9 @@ from distill_edu.tokenizer import load_tokenizer
 from distill_edu.teacher import load_teacher_model
 from distill_edu.trainer import DistillationTrainer
 from distill_edu.sparse import SparseTargetDataset
+from distill_edu.teacher import teacher_hidden_and_head
 from common import device_name, write_json, print_table
-from kd_experiment import CACHE, K, datasets
+from kd_experiment import CACHE, CACHE_BATCH, K, datasets
 
 VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0),
             "online_kd": dict(alpha=0.5, temperature=1.0, loss_kind="forward_kl")}
@@ -34,6 +36,23 @@ def time_host_batches(trainer) -> list:
         return run
     trainer.data.next, trainer._to_device = timed(fetch), timed(to_device)
     return spent
+
+
+def teacher_forward_tokens_per_sec(teacher, train, device, batch=CACHE_BATCH, chunk=4096, reps=10) -> float:
+    """建缓存的天花板：只做教师前向（编译过，与建缓存相同）和 LM head 的矩阵乘，不做 topk 与 log Σ。
+    batch 与建缓存相同；先跑两遍（编译、预热）再计时"""
+    ids = torch.stack([train[i]["input_ids"] for i in range(batch)]).to(device)
+    hidden = torch.compile(teacher_hidden_and_head)
+    def forward():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            h, w = hidden(teacher, ids)
+            h = h.reshape(-1, h.size(-1))
+            for i in range(0, h.size(0), chunk): h[i:i + chunk] @ w.T
+    forward(); forward(); torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(reps): forward()
+    torch.cuda.synchronize(device)
+    return reps * ids.numel() / (time.perf_counter() - t)
 
 
 def run_variant(name, args, device, train, teacher):
@@ -77,8 +96,10 @@ if __name__ == "__main__":
     ce = rows[0]
     for r in rows: r["time_vs_ce"] = round(r["step_ms"] / ce["step_ms"], 3)
     cache = json.loads((Path(args.runs) / "prepare.json").read_text())["cache"]
+    ceiling = teacher_forward_tokens_per_sec(teacher, train, device)
     build = {"tokens_per_sec": round(cache["tokens_per_second"]), "k": K, "rows": cache["rows"],
-             "mib": round(cache["rows"] * K * 6 / 2**20), "vs_online_kd_step": round(cache["tokens_per_second"] / rows[2]["tokens_per_sec"], 2)}
+             "mib": round(cache["rows"] * K * 6 / 2**20), "vs_online_kd_step": round(cache["tokens_per_second"] / rows[2]["tokens_per_sec"], 2),
+             "teacher_forward_tokens_per_sec": round(ceiling), "ceiling_vs_online_kd_step": round(ceiling / rows[2]["tokens_per_sec"], 2)}
     print(f"\n{device_name(device)}，batch {args.batch} × {args.seq}")
     print_table(rows, ["variant", "tokens_per_sec", "step_ms", "time_vs_ce", "peak_mem_gib", "host_batch_ms"])
     print(f"建缓存：{build}")
