@@ -19,7 +19,7 @@ from distill_edu.teacher import load_teacher_model
 from distill_edu.trainer import DistillationTrainer
 from distill_edu.sparse import SparseTargetDataset
 from distill_edu.teacher import teacher_hidden_and_head
-from common import device_name, write_json, print_table
+from common import cuda_ms, device_name, write_json, print_table
 from kd_experiment import CACHE, CACHE_BATCH, K, datasets
 
 VARIANTS = {"ce": dict(alpha=0.0), "sparse_kd": dict(alpha=0.5, temperature=1.0),
@@ -38,9 +38,9 @@ def time_host_batches(trainer) -> list:
     return spent
 
 
-def teacher_forward_tokens_per_sec(teacher, train, device, batch=CACHE_BATCH, chunk=4096, reps=10) -> float:
+def teacher_forward_tokens_per_sec(teacher, train, device, batch=CACHE_BATCH, chunk=4096) -> float:
     """建缓存的天花板：只做教师前向（编译过，与建缓存相同）和 LM head 的矩阵乘，不做 topk 与 log Σ。
-    batch 与建缓存相同；先跑两遍（编译、预热）再计时"""
+    batch 与建缓存相同；计时用 common.cuda_ms（先预热、含编译，再取中位数）"""
     ids = torch.stack([train[i]["input_ids"] for i in range(batch)]).to(device)
     hidden = torch.compile(teacher_hidden_and_head)
     def forward():
@@ -48,11 +48,7 @@ def teacher_forward_tokens_per_sec(teacher, train, device, batch=CACHE_BATCH, ch
             h, w = hidden(teacher, ids)
             h = h.reshape(-1, h.size(-1))
             for i in range(0, h.size(0), chunk): h[i:i + chunk] @ w.T
-    forward(); forward(); torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(reps): forward()
-    torch.cuda.synchronize(device)
-    return reps * ids.numel() / (time.perf_counter() - t)
+    return ids.numel() / (cuda_ms(forward) / 1000)
 
 
 def run_variant(name, args, device, train, teacher):
