@@ -16,7 +16,7 @@ from .teacher import teacher_hidden_and_head
 
 # %% auto #0
 __all__ = ['SPARSE_MODES', 'sparse_targets', 'sparse_weights', 'sparse_distillation_loss', 'teacher_fingerprint',
-           'topk_by_blocks', 'build_sparse_cache', 'SparseTargetDataset', 'CachedTargets']
+           'topk_by_blocks', 'build_sparse_cache', 'SparseTargetDataset', 'check_sparse_training', 'CachedTargets']
 
 # %% ../nbs/07c_sparse_kd.ipynb #e71b8d9c
 SPARSE_MODES = ("topk", "topk_rest", "sampled")   # 截断重归一、截断 + 尾部桶、按教师分布采样
@@ -365,12 +365,15 @@ class SparseTargetDataset(Dataset):
 
     def __getstate__(self): return {**self.__dict__, "_files": None}   # DataLoader worker 里各自打开文件
 
-def _check_sparse_config(config, dataset, vocab: int):
-    """用缓存的教师目标训练时：只有前向 KL、必须分块、温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）、
-    缓存里的 id 都在学生的词表 [0, vocab) 内"""
+def check_sparse_training(config):
+    "用缓存的教师目标训练时，训练配置只能是分块的前向 KL（其他散度要用教师的整个分布）；不用数据就能查，命令行在分词之前调用"
     if config.loss_kind != "forward_kl":
         raise ValueError(f"稀疏教师缓存只支持 loss_kind='forward_kl'（其他散度要用教师的整个分布），收到 {config.loss_kind!r}")
     if config.loss_chunk_size == 0: raise ValueError("稀疏教师缓存需要分块损失：loss_chunk_size 必须 > 0")
+
+def _check_sparse_config(config, dataset, vocab: int):
+    """再加上：温度必须是建缓存时的温度（缓存里存的就是那个温度下的 log 概率）、缓存里的 id 都在学生的词表 [0, vocab) 内"""
+    check_sparse_training(config)
     if config.temperature != dataset.temperature:
         raise ValueError(f"temperature={config.temperature} 与稀疏缓存建立时的温度 {dataset.temperature} 不同：请用同一个温度或重建缓存")
     if dataset.id_range[1] >= vocab:
