@@ -178,6 +178,21 @@ def _cache_arrays(path: Path, rows: int, k: int, mode: str):
     return (np.memmap(path / "ids.bin", dtype=np.int32, mode=mode, shape=(rows, k)),
             np.memmap(path / "logp.bin", dtype=np.float16, mode=mode, shape=(rows, k)))
 
+def _read_meta(cache_dir) -> dict | None:
+    "cache_dir/meta.json 的内容；没有这个文件 → None；不是合法的 JSON 或缺字段 → 点名文件的 ValueError"
+    path = Path(cache_dir) / "meta.json"
+    if not path.is_file(): return None
+    try: meta = json.loads(path.read_text())
+    except ValueError as e: raise ValueError(f"{path} 不是合法的 JSON（{e}）：缓存坏了，请删除 {path.parent} 重建") from e
+    if not isinstance(meta, dict) or not {"key", "rows", "k", "sha256"} <= meta.keys():
+        raise ValueError(f"{path} 缺少 key/rows/k/sha256 字段：不是 build_sparse_cache 写的，请删除 {path.parent} 重建")
+    return meta
+
+def _check_cache_target(out: Path):
+    "建好的缓存最后改名到 out（os.replace 只能替换空目录）：out 必须不存在或是空目录，开始建之前就检查"
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise ValueError(f"{out} 已存在，但不是稀疏教师缓存（没有 meta.json）：不覆盖它，请换一个目录或先删除它")
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -266,10 +281,10 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
         raise ValueError(f"vocab={vocab} 应在 (0, {teacher.lm_head.weight.size(0)}]（教师 LM head 的行数）之内")
     if select == "topk" and k > vocab: raise ValueError(f"k={k} 超过 vocab={vocab}：topk 最多取整个词表")
     key = _cache_key(teacher_fingerprint(teacher), dataset, k, temperature, select, seed)
-    if (out / "meta.json").is_file():
-        old = json.loads((out / "meta.json").read_text())["key"]
-        if old == key: return out
-        raise ValueError(f"{out} 里已有另一份稀疏缓存（字段: (已有, 现在)）：{_key_diff(old, key)}；请换一个目录或先删除它")
+    if (old := _read_meta(out)) is not None:
+        if old["key"] == key: return out
+        raise ValueError(f"{out} 里已有另一份稀疏缓存（字段: (已有, 现在)）：{_key_diff(old['key'], key)}；请换一个目录或先删除它")
+    _check_cache_target(out)
     part, T = Path(f"{out}.partial"), dataset.seq_len
     rows = len(dataset) * T
     done, ids_mm, logp_mm = _open_partial(part, key, rows, k)
@@ -320,10 +335,9 @@ class SparseTargetDataset(Dataset):
     def __init__(self, base, cache_dir, mode: str = "topk_rest", teacher=None, verify: bool = True):
         _check_mode(mode)
         self.base, self.cache_dir, self.sparse_mode = base, Path(cache_dir), mode
-        meta_file = self.cache_dir / "meta.json"
-        if not meta_file.is_file():
+        self.meta = _read_meta(self.cache_dir)
+        if self.meta is None:
             raise FileNotFoundError(f"{self.cache_dir} 不是完整的稀疏教师缓存（没有 meta.json）：先运行 build_sparse_cache")
-        self.meta = json.loads(meta_file.read_text())
         key = self.meta["key"]
         want = _cache_key(key["teacher"] if teacher is None else teacher_fingerprint(teacher), base,
                           key["k"], key["temperature"], key["select"], key["seed"] or 0)

@@ -253,6 +253,15 @@ def _truncate(d):
     with open(d / "logp.bin", "r+b") as f: f.truncate(10)
 
 
+def _break_meta(d): (d / "meta.json").write_text('{"key": ')
+
+
+def _other_files(w):
+    "一个放着别的文件的目录：建缓存要在读第一个样本（FailAt 的第 0 个）之前就拒绝它"
+    d = w["root"] / "not_a_cache"; d.mkdir(exist_ok=True); (d / "notes.txt").write_text("mine")
+    return d
+
+
 def _flip(d):
     b = bytearray((d / "ids.bin").read_bytes()); b[5] ^= 0x01; (d / "ids.bin").write_bytes(bytes(b))
 
@@ -271,6 +280,11 @@ REFUSALS = [
     ("sampled mode on a topk cache", lambda w: SparseTargetDataset(w["ds"], w["cache"], mode="sampled"), "select='topk'"),
     ("unknown mode", lambda w: SparseTargetDataset(w["ds"], w["cache"], mode="full"), "'full'"),
     ("k = 0", lambda w: build_sparse_cache(w["teacher"], w["ds"], w["root"] / "k0", k=0, progress=False), "k 必须是正整数"),
+    ("meta.json not JSON", lambda w: SparseTargetDataset(w["ds"], _corrupt(w, "meta", _break_meta)), "meta.json 不是合法的 JSON"),
+    ("meta.json not JSON, build", lambda w: build_sparse_cache(w["teacher"], w["ds"], _corrupt(w, "meta", _break_meta), k=8,
+                                                                progress=False), "meta.json 不是合法的 JSON"),
+    ("out_dir holds other files", lambda w: build_sparse_cache(w["teacher"], FailAt(w["ds"], fail_at=0), _other_files(w), k=8,
+                                                               progress=False), "不是稀疏教师缓存（没有 meta.json）：不覆盖"),
 ]
 
 
