@@ -25,6 +25,9 @@ RUN_OPTIONS = {   # 名字: (默认值, 类型, 说明)——TrainingConfig 之�
     "cache_dir": (None, str, "分词结果与分词器的缓存目录"),
     "device": (None, str, "训练设备（默认：有 GPU 用 cuda，否则 cpu）"),
     "export_hf": (None, str, "训练结束后把学生导出为 Hugging Face 目录"),
+    "teacher_cache": (None, str, "稀疏教师缓存目录（07c）：还没建就先用教师建一次，训练时不加载教师；建好了就根本不需要教师"),
+    "cache_k": (64, int, "稀疏教师缓存每个位置存几个 token（必须与已建好的缓存相同）"),
+    "cache_mode": ("topk_rest", str, "稀疏目标：topk / topk_rest / sampled（见 07c）"),
 }
 
 DEMO_OPTIONS = [   # (名字, 默认值, 说明)
@@ -158,6 +161,48 @@ def _check_teacher(teacher: str):
                          f"请用 --teacher 传本地 Hugging Face 模型目录或 .gguf 文件"
                          f"（例如 `python tools/fetch_teacher.py` 取回的 Qwen2.5 GGUF），或用 --alpha 0 只训练交叉熵基线")
 
+def _check_teacher_cache(config: TrainingConfig, opt: dict) -> bool:
+    """--teacher-cache 在分词之前的检查：只用于蒸馏、训练配置是分块的前向 KL、mode 与 k 合法、缓存能写到那里；
+    返回缓存是否已经建好（建好了就不需要教师）"""
+    from pathlib import Path
+    from distill_edu.sparse import SPARSE_MODES, _check_cache_target, _read_meta, check_sparse_training
+    path, k = Path(opt["teacher_cache"]), opt["cache_k"]
+    if config.alpha == 0: raise ValueError(f"--teacher-cache {str(path)!r} 只用于蒸馏（alpha > 0）：纯交叉熵基线不需要教师目标")
+    if opt["cache_mode"] not in SPARSE_MODES: raise ValueError(f"--cache-mode 必须是 {SPARSE_MODES} 之一，收到 {opt['cache_mode']!r}")
+    check_int("--cache-k", k); check_sparse_training(config)
+    if (meta := _read_meta(path)) is None:
+        _check_cache_target(path); check_output_dir("--teacher-cache 的上一级目录", str(path.parent))
+        return False
+    if meta["k"] != k: raise ValueError(f"--teacher-cache {str(path)!r} 是 k={meta['k']} 的缓存，--cache-k 却是 {k}：请用 --cache-k {meta['k']} 或换一个目录")
+    return True
+
+def _load_teacher(opt: dict, device, model_config, tokenizer):
+    "按 --teacher / --teacher-dtype 加载教师，并确认它的词表与学生、分词器相配"
+    from distill_edu.teacher import check_vocab, load_teacher_model
+    teacher = load_teacher_model(opt["teacher"], device=device, dtype=None if opt["teacher_dtype"] == "auto" else opt["teacher_dtype"])
+    check_vocab(teacher, model_config.vocab_size, tokenizer)
+    return teacher
+
+def _cached_teacher_loader(config: TrainingConfig, opt: dict, loader, tokenizer, model_config, device, rank: int, world: int):
+    """--teacher-cache：缓存还没建好时，rank 0 加载教师、用 07c 的 `build_sparse_cache` 建好（其余 rank 等它），随即释放教师；
+    返回训练集换成 `SparseTargetDataset` 的 DataLoader（其余设置不变）：训练器从 batch 里读教师目标"""
+    import gc, torch
+    from torch.utils.data import DataLoader
+    from distill_edu.sparse import SparseTargetDataset, build_sparse_cache
+    path = opt["teacher_cache"]
+    with rank_zero_first(rank, world):
+        if not os.path.isfile(os.path.join(path, "meta.json")):
+            teacher = _load_teacher(opt, device, model_config, tokenizer)
+            build_sparse_cache(teacher, loader.dataset, path, k=opt["cache_k"], temperature=config.temperature,
+                               select="sampled" if opt["cache_mode"] == "sampled" else "topk", batch_size=config.batch_size,
+                               vocab=len(tokenizer), seed=config.seed, progress=rank == 0,
+                               compile=config.compile and device.type == "cuda")
+            del teacher; gc.collect()
+            if device.type == "cuda": torch.cuda.empty_cache()
+    data = SparseTargetDataset(loader.dataset, path, mode=opt["cache_mode"])
+    return DataLoader(data, batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers, generator=loader.generator)
+
 def run_train(args) -> dict:
     "train 子命令：加载分词器、语料、教师和学生，训练（可续训），返回 history"
     import torch                                        # 重的库到真正要训练时才导入：--help 和参数错误秒回
@@ -165,12 +210,12 @@ def run_train(args) -> dict:
     from distill_edu.data import create_dataloaders
     from distill_edu.tokenizer import load_tokenizer
     from distill_edu.model import StudentModel
-    from distill_edu.teacher import check_vocab, load_teacher_model
     from distill_edu.trainer import DistillationTrainer
     config, model_config, opt = resolve_train_config(args)
     resume = _check_train_paths(config, opt, args.resume)   # 分词、加载教师之前：这些错误不必等几分钟才出现
     if opt["device"] is not None: check_device(opt["device"])
-    if config.alpha > 0: _check_teacher(opt["teacher"])
+    cache_ready = _check_teacher_cache(config, opt) if opt["teacher_cache"] else False
+    if config.alpha > 0 and not cache_ready: _check_teacher(opt["teacher"])
     rank, world, device = setup_distributed(opt["device"])
     try:
         torch.manual_seed(config.seed)
@@ -181,15 +226,15 @@ def run_train(args) -> dict:
                 tokenizer, batch_size=config.batch_size, seq_len=config.seq_len, source=opt["source"],
                 max_samples=opt["max_samples"], max_bytes=opt["max_bytes"], model_config=model_config,
                 num_workers=opt["num_workers"], seed=config.seed, cache_dir=opt["cache_dir"], verbose=rank == 0)
-        teacher = None
-        if config.alpha > 0:
-            dtype = None if opt["teacher_dtype"] == "auto" else opt["teacher_dtype"]
-            teacher = load_teacher_model(opt["teacher"], device=device, dtype=dtype)
-            check_vocab(teacher, model_config.vocab_size, tokenizer)
+        teacher, source = None, "无（纯 CE 基线）"
+        if opt["teacher_cache"]:
+            train_loader = _cached_teacher_loader(config, opt, train_loader, tokenizer, model_config, device, rank, world)
+            source = f"稀疏缓存 {opt['teacher_cache']}（k={opt['cache_k']}，{opt['cache_mode']}）"
+        elif config.alpha > 0: teacher, source = _load_teacher(opt, device, model_config, tokenizer), opt["teacher"]
         student = StudentModel(model_config)
         trainer = DistillationTrainer(student, teacher, train_loader, val_loader, config, device=device)
         if rank == 0:
-            print(f"学生 {student.count_parameters() / 1e6:.1f}M 参数 | 教师 {opt['teacher'] if teacher else '无（纯 CE 基线）'} | "
+            print(f"学生 {student.count_parameters() / 1e6:.1f}M 参数 | 教师 {source} | "
                   f"{world} 个进程 × batch {config.batch_size} | 精度 {trainer.precision} | 共 {trainer.total_steps} 步")
         if resume:
             trainer.load_checkpoint(resume)

@@ -58,6 +58,7 @@ def _files(tmp_path):
     (tmp_path / "student.yaml").write_text("student: 12\n")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "ckpt" / "history.json").mkdir(parents=True)
+    (tmp_path / "broken_cache").mkdir(); (tmp_path / "broken_cache" / "meta.json").write_text("{")
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -78,6 +79,14 @@ def _files(tmp_path):
     (["train", "--checkpoint-dir", "{t}/ok", "--device", "tpu9"], "不认识的设备 'tpu9'"),
     (["train", "--checkpoint-dir", "{t}/ok"], "教师 --teacher 'Qwen/Qwen2.5-0.5B' 要从 Hugging Face Hub 下载，但连不上 Hub"),
     (["train", "--checkpoint-dir", "{t}/ok", "--teacher", "{t}/no_teacher"], "找不到教师 --teacher .*no_teacher'"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/tc", "--alpha", "0"], "--teacher-cache .* 只用于蒸馏"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/tc", "--loss-kind", "jsd"], "只支持 loss_kind='forward_kl'"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/tc", "--loss-chunk-size", "0"], "需要分块损失"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/tc", "--cache-mode", "full"], "--cache-mode 必须是 .*收到 'full'"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/tc", "--cache-k", "0"], "--cache-k 必须是正整数"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/ckpt"], "ckpt 已存在，但不是稀疏教师缓存"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/a_file/tc"], "--teacher-cache 的上一级目录=.*a_file' 已经是一个文件"),
+    (["train", "--checkpoint-dir", "{t}/ok", "--teacher-cache", "{t}/broken_cache"], "meta.json 不是合法的 JSON"),
     (["demo", "--teacher-steps", "0"], "--teacher-steps 必须是正整数，收到 0"),
     (["demo", "--student-steps", "-3"], "--student-steps 必须是正整数"),
     (["demo", "--lr", "inf"], "--lr 必须是有限的数字"),
@@ -165,6 +174,22 @@ def test_student_vocab_larger_than_teacher_is_refused(tmp_path, full_vocab_teach
     student_cfg = write(tmp_path / "student.json", {**TINY_STUDENT, "vocab_size": 152000})
     assert main(train_args(tmp_path, full_vocab_teacher, student_cfg, "--max-steps", "1")) == 2
     assert "151936" in capsys.readouterr().err
+
+
+def test_train_from_teacher_cache_needs_no_teacher_the_second_time(tmp_path, full_vocab_teacher, capsys):
+    "--teacher-cache：第一次用教师建缓存再训练；第二次教师路径不存在也能训练（根本不加载教师）；k 不符点名报错"
+    student_cfg = write(tmp_path / "student.json", TINY_STUDENT)
+    cache, extra = tmp_path / "teacher_cache", ["--max-steps", "2", "--cache-k", "8"]
+    assert main(train_args(tmp_path, full_vocab_teacher, student_cfg, "--teacher-cache", str(cache), *extra)) == 0
+    out = capsys.readouterr().out
+    assert f"稀疏缓存 {cache}（k=8，topk_rest）" in out and "最终验证" in out
+    assert json.load(open(cache / "meta.json"))["k"] == 8
+    hist = json.load(open(tmp_path / "ckpt" / "history.json"))
+    assert hist["step"] == [1, 2] and all(v > 0 for v in hist["kl_loss"])
+    args = lambda *a: train_args(tmp_path / "again", str(tmp_path / "no_teacher"), student_cfg, "--teacher-cache", str(cache), *a)
+    assert main(args(*extra)) == 0
+    assert main(args("--max-steps", "2")) == 2                     # 默认 --cache-k 64，缓存是 k=8
+    assert "是 k=8 的缓存，--cache-k 却是 64" in capsys.readouterr().err
 
 
 def test_torchrun_two_gloo_processes(tmp_path, full_vocab_teacher):
