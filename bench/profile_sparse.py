@@ -76,10 +76,10 @@ def cache_build_parts(args, dev, teacher, rows):
         lse_c = torch.compile(lambda z: torch.logsumexp(z.float(), -1))
         rows.append(timed("[cache] logsumexp(z.float()) compiled", lambda: lse_c(z)))
         rows.append(timed("[cache] _chunk_targets (topk + log p)", lambda: _chunk_targets(z, k, 1.0, "topk", None, V)))
-        for name, fn in (("eager", teacher_hidden_and_head), ("compiled", compiled_hidden)):
-            def whole(fn=fn):
-                with ac(): return _teacher_rows(teacher, ids, V, k, 1.0, "topk", 4096, None, fn)
-            rows.append(timed(f"[cache] _teacher_rows whole batch (hidden {name})", whole))
+        for compiled in (False, True):
+            def whole(compiled=compiled):
+                with ac(): return _teacher_rows(teacher, ids, V, k, 1.0, "topk", 4096, None, compiled)
+            rows.append(timed(f"[cache] _teacher_rows whole batch ({'compiled' if compiled else 'eager'})", whole))
         def padded_masked_topk_lse(fused):
             zz = h @ w_full.T
             zz[:, V:] = -float("inf")                                    # 补出来的列不参与 topk 与 logsumexp

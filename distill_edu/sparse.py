@@ -215,24 +215,30 @@ def topk_by_blocks(z: torch.Tensor, k: int, block: int = 128) -> tuple[torch.Ten
     vals, j = candidates.topk(k, dim=-1)
     return vals, best.gather(1, j // block) * block + j % block
 
+@functools.cache
+def _compiled_build_parts():
+    """建缓存时编译的三样：教师前向、`topk_by_blocks`、log Σ（GPU 上用）。按块取最大值在 eager 下比这块 logits 的矩阵乘还慢，
+    编译后它和 log Σ 一样只是一遍读完 logits 的 kernel"""
+    return torch.compile(teacher_hidden_and_head), torch.compile(topk_by_blocks), torch.compile(_log_normalizer)
+
 @torch.inference_mode()
-def _chunk_targets(z, k, temperature, select, generator, vocab, log_normalizer=_log_normalizer):
+def _chunk_targets(z, k, temperature, select, generator, vocab, topk=topk_by_blocks, log_normalizer=_log_normalizer):
     """一块教师 logits (C, V_head) → (ids, logp)。z 用 LM head 的**全部**行算出，vocab 之后的填充列先置为 −∞：
     它们不会被选中，也不进 log Σ。topk 直接在 logits 原来的 dtype 上选（除以 τ、log-softmax 都不改变顺序），
     只为选中的 k 个算 log p = z/τ − log Σ e^{z/τ}：不必写出整块 float32 的 log 概率再在它上面 topk"""
     if vocab < z.size(-1): z[:, vocab:] = float("-inf")
     if select == "sampled": return sparse_targets(F.log_softmax(_fp32(z) / temperature, -1), k, select, generator)
-    vals, ids = topk_by_blocks(z, k)
+    vals, ids = topk(z, k)
     return ids, _fp32(vals) / temperature - log_normalizer(z, temperature)[:, None]
 
-def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, hidden=teacher_hidden_and_head,
-                  log_normalizer=_log_normalizer):
+def _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, generator, compiled: bool = False):
     """一批样本 (B, T) → 每个位置的 (ids, logp)，形状 (B·T, k)；教师 logits 每次只算 chunk 行。
     矩阵乘用 LM head 的全部行（Qwen2.5 是 151,936 行，对齐到 128）：切成 w[:151665] 会得到奇数宽度的输出，
     这个矩阵乘在 H200 上慢约 7×（`bench/profile_sparse.py`）；多算的 271 列在 `_chunk_targets` 里被遮掉"""
+    hidden, topk, log_normalizer = _compiled_build_parts() if compiled else (teacher_hidden_and_head, topk_by_blocks, _log_normalizer)
     h, w = hidden(teacher, ids)
     h = h.reshape(-1, h.size(-1))
-    out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator, vocab, log_normalizer)
+    out = [_chunk_targets(h[i:i + chunk] @ w.T, k, temperature, select, generator, vocab, topk, log_normalizer)
            for i in range(0, h.size(0), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
@@ -271,7 +277,7 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     ids.bin (N·T, k) int32、logp.bin (N·T, k) float16、meta.json（key、形状、校验和）。vocab：只在前 vocab 个 token 里取
     （默认 LM head 的行数；Qwen2.5 应传分词器的大小 151665，去掉填充行）。
     写在 out_dir.partial 里，每 sync_every 批落盘并记下进度：中断后再调用会从最近的进度接着写；写完校验和再原子地改名。
-    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。compile=True 时用 torch.compile 编译教师的前向与 log Σ（GPU 上更快）。
+    GPU 上一批的结果异步拷回主机，在下一批计算的同时写盘。compile=True 时用 torch.compile 编译教师的前向、topk 与 log Σ（GPU 上更快）。
     out_dir 已经是同一个 key 的完整缓存 → 直接返回；是别的 key 的缓存 → 报错（不覆盖）。返回 out_dir。"""
     check_int("k", k); check_int("batch_size", batch_size); check_int("sync_every", sync_every)
     check_number("temperature", temperature, 0, lo_open=True)
@@ -289,8 +295,6 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     rows = len(dataset) * T
     done, ids_mm, logp_mm = _open_partial(part, key, rows, k)
     from tqdm.auto import tqdm
-    hidden = torch.compile(teacher_hidden_and_head) if compile else teacher_hidden_and_head
-    log_normalizer = torch.compile(_log_normalizer) if compile else _log_normalizer
     t0, pending, steady = time.perf_counter(), None, None
     starts = range(done, len(dataset), batch_size)
     for n, start in enumerate(tqdm(starts, disable=not progress, desc="teacher cache", leave=False)):
@@ -300,7 +304,7 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
             ids = torch.cat([ids, ids[:1].expand(batch_size - len(idx), -1)])
         gen = torch.Generator(device=device).manual_seed(seed * 2**32 + start)   # 只由这一批决定：续写与一口气写完相同
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen, hidden, log_normalizer)
+            top_ids, top_logp = _teacher_rows(teacher, ids, vocab, k, temperature, select, chunk, gen, compile)
         current = _HostCopy(start * T, top_ids[:len(idx) * T], top_logp[:len(idx) * T])   # 异步拷回主机，不等它
         if pending: pending.write(ids_mm, logp_mm)             # 上一批写盘时，GPU 已经在算这一批
         pending = current
