@@ -237,6 +237,13 @@ def test_resume_equals_uninterrupted(world, select):
     for f in ("ids.bin", "logp.bin"): assert (out / f).read_bytes() == (fresh / f).read_bytes(), f
 
 
+def test_empty_out_dir_is_filled(world):
+    "out_dir 已存在但是空的（比如命令行事先建好的目录）：照常建缓存，最后的改名替换掉这个空目录"
+    out = world["root"] / "empty_first"; out.mkdir()
+    assert build_sparse_cache(world["teacher"], world["ds"], out, k=8, batch_size=4, progress=False) == out
+    assert (out / "ids.bin").read_bytes() == (world["cache"] / "ids.bin").read_bytes()
+
+
 def test_existing_cache_same_key_is_reused(world):
     before = (world["cache"] / "meta.json").stat().st_mtime_ns
     assert build_sparse_cache(world["teacher"], world["ds"], world["cache"], k=8, batch_size=4, progress=False) == world["cache"]
