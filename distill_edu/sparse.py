@@ -325,10 +325,15 @@ def build_sparse_cache(teacher, dataset, out_dir, k: int = 64, temperature: floa
     return out
 
 # %% ../nbs/07c_sparse_kd.ipynb #d37ab3ec
-def _id_range(ids: np.ndarray, rows_per_pass: int = 1 << 20) -> tuple[int, int]:
-    "(最小, 最大) 的 id：按块读 memmap，内存里一次只有一块"
-    parts = [(int(c.min()), int(c.max())) for c in (ids[i:i + rows_per_pass] for i in range(0, len(ids), rows_per_pass))]
-    return min(lo for lo, _ in parts), max(hi for _, hi in parts)
+def _scan_ids(path: Path, with_sha256: bool) -> tuple[int, int, str | None]:
+    "一遍读完 ids.bin（内存里一次只有 16 MiB）：(最小 id, 最大 id, sha256；with_sha256=False 时为 None)"
+    h, lo, hi = hashlib.sha256() if with_sha256 else None, None, None
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):                   # 16 MiB 是 4 字节的整数倍：每块都是完整的 int32
+            if h: h.update(chunk)
+            a = np.frombuffer(chunk, dtype=np.int32)
+            lo, hi = (a.min(), a.max()) if lo is None else (min(lo, a.min()), max(hi, a.max()))
+    return int(lo), int(hi), h.hexdigest() if h else None
 
 class SparseTargetDataset(Dataset):
     """在 `WikiDataset` 的每个样本旁边给出缓存的教师目标：
@@ -359,9 +364,12 @@ class SparseTargetDataset(Dataset):
             path, want = self.cache_dir / f, self.meta["rows"] * self.k * size
             actual = path.stat().st_size if path.is_file() else None
             if actual != want: raise ValueError(f"稀疏缓存文件 {path} 的大小是 {actual}，应为 {want} 字节（被截断或被改过）")
-            if verify and _sha256_file(path) != self.meta["sha256"][f]:
-                raise ValueError(f"稀疏缓存文件 {path} 的校验和不对：内容被改过，请重建缓存")
-        self.id_range = _id_range(_cache_arrays(self.cache_dir, self.meta["rows"], self.k, "r")[0])
+        lo, hi, ids_sha = _scan_ids(self.cache_dir / "ids.bin", verify)   # 校验和与 id 范围一遍读完
+        if verify:
+            for f, actual in (("ids.bin", ids_sha), ("logp.bin", _sha256_file(self.cache_dir / "logp.bin"))):
+                if actual != self.meta["sha256"][f]:
+                    raise ValueError(f"稀疏缓存文件 {self.cache_dir / f} 的校验和不对：内容被改过，请重建缓存")
+        self.id_range = (lo, hi)
         if self.id_range[0] < 0:
             raise ValueError(f"稀疏缓存文件 {self.cache_dir / 'ids.bin'} 里有负的 token 编号 {self.id_range[0]}：文件被改过，请重建缓存")
 
