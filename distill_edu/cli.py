@@ -188,10 +188,10 @@ def _cached_teacher_loader(config: TrainingConfig, opt: dict, loader, tokenizer,
     返回训练集换成 `SparseTargetDataset` 的 DataLoader（其余设置不变）：训练器从 batch 里读教师目标"""
     import gc, torch
     from torch.utils.data import DataLoader
-    from distill_edu.sparse import SparseTargetDataset, build_sparse_cache
+    from distill_edu.sparse import SparseTargetDataset, _read_meta, build_sparse_cache
     path = opt["teacher_cache"]
     with rank_zero_first(rank, world):
-        if not os.path.isfile(os.path.join(path, "meta.json")):
+        if _read_meta(path) is None:                    # 与 _check_teacher_cache 同一个“建好了”的判断
             teacher = _load_teacher(opt, device, model_config, tokenizer)
             build_sparse_cache(teacher, loader.dataset, path, k=opt["cache_k"], temperature=config.temperature,
                                select="sampled" if opt["cache_mode"] == "sampled" else "topk", batch_size=config.batch_size,
